@@ -1,0 +1,462 @@
+"""Prepares interaction data into the directory format of DESIGN.md 2.1.
+
+  python data_prep/prepare.py movielens --variant ml-100k|ml-1m|ml-10m|ml-20m|ml-25m [--src DIR_OR_ZIP] --out DIR
+  python data_prep/prepare.py events --src events.csv --out DIR [--weights view=1,addtocart=3,transaction=5]
+  python data_prep/prepare.py table --src FILE --user-col C --item-col C [--rating-col C]
+                                    [--time-col C | --order-col C] [--items FILE] --out DIR
+
+Shared options: --min-user-interactions, --min-item-interactions (k-core, applied until stable),
+--positive-threshold / --positives-only, --dedup none|first|last|max, --name, --debug.
+Bad input exits 2 with one line ``error: FILE[:LINE]: ...``; the output directory is written to a temp
+dir and renamed into place, so a failed run never touches an existing one.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from data_prep.common import (FORMAT_VERSION, Source, atomic_dir, check_digest, cli_main, file_digest,
+                              numeric_column, read_delimited, require_columns)
+from jaxrec.data.preprocess import DEDUP_POLICIES, Raw, clean
+from jaxrec.errors import InputError
+
+MOVIELENS_URL = "https://files.grouplens.org/datasets/movielens/{variant}.zip"
+# md5 of the official archives, as published next to them by GroupLens.
+MOVIELENS_MD5 = {
+    "ml-100k": "0e33842e24a9c977be4e0107933c0723",
+    "ml-1m": "c4d9eecfca2ab87c1945afe126590906",
+    "ml-10m": "ce571fd55effeba0271552578f2648bd",
+    "ml-20m": "cd245b17a1ae2cc31bb14903e1204af3",
+    "ml-25m": "6b51fb2759a8657d3bfcbfc42b592ada",
+}
+# sha256 of individual files known to be pristine (../shared/data/PROVENANCE.md).
+KNOWN_SHA256 = {
+    "06416e597f82b7342361e41163890c81036900f418ad91315590814211dca490": "ml-100k/u.data",
+    "553841ebc7de3a0fd0d6b62a204ea30c1e651aacfb2814c7a6584ac52f2c5701": "ml-100k/u.item",
+    "f120e114da2e8cf314fd28f99417c94ae9ddf1cb6db8ce0e4b5995d40e90e62c": "ml-100k/u.user",
+}
+ML100K_GENRES = ("unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime", "Documentary",
+                 "Drama", "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery", "Romance", "Sci-Fi",
+                 "Thriller", "War", "Western")
+DEFAULT_WEIGHTS = "view=1,addtocart=3,transaction=5"
+
+
+# ----------------------------------------------------------------------------------------------------
+# MovieLens
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("JAXREC_CACHE", Path.home() / ".cache" / "jaxrec"))
+
+
+def fetch_movielens(variant: str) -> Path:
+    """The official archive in the cache, downloaded (with a progress bar) and md5-verified."""
+    dest = cache_dir() / f"{variant}.zip"
+    hint = f" (delete {dest} to download it again)"
+    if dest.exists():
+        check_digest(dest, MOVIELENS_MD5[variant], "md5", hint)
+        return dest
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    url = MOVIELENS_URL.format(variant=variant)
+    part = dest.with_suffix(".zip.part")
+    try:
+        from tqdm import tqdm
+
+        with urllib.request.urlopen(url, timeout=60) as r, open(part, "wb") as f:
+            total = int(r.headers.get("Content-Length") or 0) or None
+            with tqdm(total=total, unit="B", unit_scale=True, desc=f"download {variant}", file=sys.stderr) as bar:
+                while block := r.read(1 << 20):
+                    f.write(block)
+                    bar.update(len(block))
+    except (urllib.error.URLError, OSError, TimeoutError) as e:
+        part.unlink(missing_ok=True)
+        raise InputError(url, f"download failed ({e}); pass --src with a local copy of {variant}.zip") from None
+    check_digest(part, MOVIELENS_MD5[variant], "md5", " (the download is corrupt; run again)")
+    os.replace(part, dest)
+    return dest
+
+
+def _split_double_colon(data: bytes, label: str, names, encoding: str) -> pd.DataFrame:
+    """Reads a MovieLens ``::``-separated file whose last field may itself contain ':' (titles)."""
+    if not data.strip():
+        raise InputError(label, "file is empty, expected rows")
+    text = data.decode(encoding)
+    lines = pd.Series(text.splitlines())
+    lines = lines[lines.str.strip() != ""]
+    parts = lines.str.split("::", n=len(names) - 1, expand=True)
+    if parts.shape[1] != len(names) or parts.iloc[:, -1].isna().any():
+        bad = int(np.argmax(parts.isna().any(axis=1).to_numpy())) if parts.shape[1] == len(names) else 0
+        raise InputError(label, f"expected {len(names)} '::'-separated fields", line=int(lines.index[bad]) + 1)
+    parts.columns = list(names)
+    return parts.reset_index(drop=True)
+
+
+def _read_ratings_double_colon(src: Source, handle: str) -> pd.DataFrame:
+    # '::' would force pandas' slow python engine; splitting on ':' with the C engine and keeping the
+    # even fields is exact for these all-numeric rows, and ~20x faster on ml-10m.
+    with src.open(handle) as f:
+        df = read_delimited(f, src.label(handle), sep=":", header=False, names=list(range(7)))
+    df = df[[0, 2, 4, 6]]
+    df.columns = ["user", "item", "rating", "timestamp"]
+    return df
+
+
+def read_movielens(variant: str, src: Source):
+    """(raw columns, items frame, users frame, used file handles) for one MovieLens variant."""
+    used = []
+    if variant == "ml-100k":
+        h = src.find("u.data")
+        used.append(h)
+        with src.open(h) as f:
+            df = read_delimited(f, src.label(h), sep="\t", header=False, names=["user", "item", "rating", "timestamp"])
+        label, header_lines = src.label(h), 0
+        items = users = None
+        if (hi := src.find("u.item", required=False)) is not None:
+            used.append(hi)
+            it = read_delimited(src.read_bytes(hi), src.label(hi), sep="|", header=False, encoding="latin-1",
+                                names=["original_id", "title", "release", "video", "url", *ML100K_GENRES])
+            flags = it[list(ML100K_GENRES)].to_numpy(bool)
+            names = np.array(ML100K_GENRES, dtype=object)
+            it["genres"] = ["|".join(names[row]) for row in flags]  # 1,682 rows: metadata, not a hot path
+            items = it[["original_id", "title", "genres"]]
+        if (hu := src.find("u.user", required=False)) is not None:
+            used.append(hu)
+            users = read_delimited(src.read_bytes(hu), src.label(hu), sep="|", header=False,
+                                   names=["original_id", "age", "gender", "occupation", "zip"])
+    elif variant in ("ml-1m", "ml-10m"):
+        h = src.find("ratings.dat")
+        used.append(h)
+        df = _read_ratings_double_colon(src, h)
+        label, header_lines = src.label(h), 0
+        items = users = None
+        if (hm := src.find("movies.dat", required=False)) is not None:
+            used.append(hm)
+            items = _split_double_colon(src.read_bytes(hm), src.label(hm), ["original_id", "title", "genres"], "latin-1")
+        if variant == "ml-1m" and (hu := src.find("users.dat", required=False)) is not None:
+            used.append(hu)
+            users = _split_double_colon(src.read_bytes(hu), src.label(hu), ["original_id", "gender", "age", "occupation", "zip"], "latin-1")
+    elif variant in ("ml-20m", "ml-25m"):
+        h = src.find("ratings.csv")
+        used.append(h)
+        with src.open(h) as f:
+            df = read_delimited(f, src.label(h), sep=",")
+        require_columns(df, ["userId", "movieId", "rating", "timestamp"], src.label(h))
+        df = df.rename(columns={"userId": "user", "movieId": "item"})
+        label, header_lines = src.label(h), 1
+        users = None
+        items = None
+        if (hm := src.find("movies.csv", required=False)) is not None:
+            used.append(hm)
+            items = read_delimited(src.read_bytes(hm), src.label(hm), sep=",").rename(columns={"movieId": "original_id"})
+    else:
+        raise InputError("--variant", f"unknown variant {variant!r}, expected one of {sorted(MOVIELENS_MD5)}")
+    raw = Raw(
+        user=numeric_column(df, "user", label, header_lines, integer=True),
+        item=numeric_column(df, "item", label, header_lines, integer=True),
+        rating=numeric_column(df, "rating", label, header_lines).astype(np.float32),
+        order=numeric_column(df, "timestamp", label, header_lines, integer=True),
+    )
+    _check_range(raw.rating, 0.5, 5.0, "rating", label, header_lines)
+    if items is not None:
+        items["original_id"] = pd.to_numeric(items["original_id"], errors="coerce")
+        items = items.dropna(subset=["original_id"]).astype({"original_id": np.int64})
+    if users is not None:
+        users["original_id"] = pd.to_numeric(users["original_id"], errors="coerce")
+        users = users.dropna(subset=["original_id"]).astype({"original_id": np.int64})
+    return raw, items, users, used
+
+
+def _check_range(values, lo, hi, col, label, header_lines):
+    bad = (values < lo) | (values > hi)
+    if bad.any():
+        i = int(np.argmax(bad))
+        raise InputError(label, f"column {col!r} has value {values[i]:g} outside [{lo:g}, {hi:g}]", line=i + header_lines + 1)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Event logs (RetailRocket layout)
+
+
+def parse_weights(text: str) -> dict[str, float]:
+    weights = {}
+    for part in text.split(","):
+        name, sep, value = part.partition("=")
+        try:
+            if not sep or not name.strip():
+                raise ValueError
+            weights[name.strip()] = float(value)
+        except ValueError:
+            raise InputError("--weights", f"{part!r} is not NAME=NUMBER; expected e.g. {DEFAULT_WEIGHTS}") from None
+    return weights
+
+
+def read_events(src: Source, weights: dict[str, float]):
+    h = src.find(src.path.name) if src.zip is None else src.find("events.csv")
+    label = src.label(h)
+    with src.open(h) as f:
+        df = read_delimited(f, label, sep=",")
+    require_columns(df, ["timestamp", "visitorid", "event", "itemid"], label)
+    event = df["event"].astype("string").str.strip()
+    missing = event.isna().to_numpy()
+    if missing.any():
+        raise InputError(label, "column 'event' has a missing value, expected one of " + ", ".join(weights), line=int(np.argmax(missing)) + 2)
+    types = list(weights)
+    codes = pd.Categorical(event, categories=types).codes
+    unknown = codes < 0
+    if unknown.any():
+        i = int(np.argmax(unknown))
+        raise InputError(label, f"unknown event type {event.iloc[i]!r}, expected one of {', '.join(types)} (set --weights)", line=i + 2)
+    reward = np.asarray([weights[t] for t in types], np.float32)[codes]
+    raw = Raw(
+        user=numeric_column(df, "visitorid", label, 1, integer=True),
+        item=numeric_column(df, "itemid", label, 1, integer=True),
+        rating=reward,
+        order=numeric_column(df, "timestamp", label, 1, integer=True),
+        event=codes.astype(np.int8),
+    )
+    return raw, types, [h]
+
+
+# ----------------------------------------------------------------------------------------------------
+# Any table
+
+
+def read_any_table(path: Path) -> tuple[pd.DataFrame, str, int]:
+    """(frame, label, header_lines) of a csv/tsv/parquet/npz file."""
+    if not path.is_file():
+        raise InputError(path, "no such file")
+    label = str(path)
+    suffix = path.suffix.lower()
+    if suffix == ".npz":
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                cols = {k: z[k] for k in z.files}
+        except Exception as e:
+            raise InputError(label, f"not a readable .npz ({e})") from None
+        if not cols:
+            raise InputError(label, "file is empty, expected named arrays")
+        lengths = {k: len(v) for k, v in cols.items() if v.ndim == 1}
+        if len(set(lengths.values())) > 1:
+            raise InputError(label, f"arrays differ in length: {lengths}")
+        return pd.DataFrame({k: v for k, v in cols.items() if v.ndim == 1}), label, -1
+    if suffix in (".parquet", ".pq"):
+        try:
+            return pd.read_parquet(path), label, -1
+        except Exception as e:
+            raise InputError(label, f"not a readable parquet file ({e})") from None
+    sep = {".csv": ",", ".tsv": "\t", ".tab": "\t", ".txt": "\t"}.get(suffix)
+    if sep is None:
+        raise InputError(label, f"unknown table format {suffix!r}, expected .csv, .tsv, .parquet or .npz")
+    return read_delimited(path, label, sep=sep), label, 1
+
+
+def _time_column(df, col, label, header_lines) -> np.ndarray:
+    s = df[col]
+    if pd.api.types.is_datetime64_any_dtype(s.dtype):
+        return s.astype("datetime64[s]").astype(np.int64).to_numpy()
+    if pd.api.types.is_numeric_dtype(s.dtype):
+        return numeric_column(df, col, label, header_lines, integer=True)
+    parsed = pd.to_datetime(s, errors="coerce", utc=True)
+    bad = parsed.isna().to_numpy()
+    if bad.all():
+        return numeric_column(df, col, label, header_lines, integer=True)
+    if bad.any():
+        i = int(np.argmax(bad))
+        where = {"line": i + header_lines + 1} if header_lines >= 0 else {}
+        raise InputError(label, f"column {col!r} has {str(s.iloc[i])!r}, expected a number or a date-time", **where)
+    return (parsed.astype("datetime64[s, UTC]").astype(np.int64)).to_numpy()
+
+
+def read_table(args):
+    df, label, header_lines = read_any_table(Path(args.src))
+    cols = [args.user_col, args.item_col] + [c for c in (args.rating_col, args.time_col, args.order_col) if c]
+    require_columns(df, cols, label)
+    for col in (args.user_col, args.item_col):
+        if df[col].isna().any():
+            i = int(np.argmax(df[col].isna().to_numpy()))
+            where = {"line": i + header_lines + 1} if header_lines >= 0 else {}
+            raise InputError(label, f"column {col!r} has a missing value, expected an id", **where)
+    rating = (numeric_column(df, args.rating_col, label, header_lines).astype(np.float32)
+              if args.rating_col else np.ones(len(df), np.float32))
+    if args.time_col:
+        order, order_kind = _time_column(df, args.time_col, label, header_lines), "timestamp"
+    elif args.order_col:
+        order, order_kind = numeric_column(df, args.order_col, label, header_lines, integer=True), "rank"
+    else:
+        order, order_kind = np.arange(len(df), dtype=np.int64), "rank"
+    raw = Raw(user=df[args.user_col].to_numpy(), item=df[args.item_col].to_numpy(), rating=rating, order=order)
+    items = read_items_file(Path(args.items)) if args.items else None
+    return raw, items, order_kind, [str(args.src)] + ([str(args.items)] if args.items else [])
+
+
+def read_items_file(path: Path) -> pd.DataFrame:
+    """Item metadata: a MovieLens ``movies.dat`` (``id::title::genres``) or a csv/tsv with a header
+    whose first column is the item id and optional ``title`` and ``genres`` columns."""
+    if not path.is_file():
+        raise InputError(path, "no such file")
+    if path.suffix.lower() == ".dat":
+        items = _split_double_colon(path.read_bytes(), str(path), ["original_id", "title", "genres"], "latin-1")
+    else:
+        items, _, _ = read_any_table(path)
+        lower = {c.lower(): c for c in map(str, items.columns)}
+        keep = {items.columns[0]: "original_id"}
+        keep.update({lower[c]: c for c in ("title", "genres") if c in lower})
+        items = items[list(keep)].rename(columns=keep)
+    return items
+
+
+# ----------------------------------------------------------------------------------------------------
+# Writing
+
+
+def _match_ids(uniques: np.ndarray, frame: pd.DataFrame | None) -> pd.DataFrame | None:
+    """Rows of ``frame`` aligned to dense ids (original ids compared as strings if types differ)."""
+    if frame is None:
+        return None
+    key = frame["original_id"]
+    if uniques.dtype.kind in "iu" and pd.api.types.is_numeric_dtype(key.dtype):
+        index = pd.Index(key.astype(np.int64))
+        wanted = uniques.astype(np.int64)
+    else:
+        index = pd.Index(key.astype(str))
+        wanted = uniques.astype(str)
+    frame = frame.loc[~index.duplicated()]
+    index = index[~index.duplicated()]
+    return frame.set_index(index).reindex(wanted).reset_index(drop=True)
+
+
+def write_output(out, name, cols, user_uniques, item_uniques, items, users, meta_extra, sources):
+    n_users, n_items = len(user_uniques), len(item_uniques)
+    if len(cols["user"]) == 0:
+        raise InputError("--out", "no interactions left after filtering; lower --min-user/item-interactions")
+    item_df = pd.DataFrame({"item": np.arange(n_items), "original_id": item_uniques})
+    matched = _match_ids(item_uniques, items)
+    if matched is not None:
+        for c in ("title", "genres"):
+            if c in matched:
+                item_df[c] = matched[c].fillna("").astype(str).to_numpy()
+    user_df = pd.DataFrame({"user": np.arange(n_users), "original_id": user_uniques})
+    matched = _match_ids(user_uniques, users)
+    if matched is not None:
+        for c in matched.columns.drop("original_id"):
+            user_df[c] = matched[c].to_numpy()
+    rating = cols["rating"]
+    meta = {
+        "name": name, "n_users": n_users, "n_items": n_items, "n_interactions": int(len(rating)),
+        "rating_min": float(rating.min()), "rating_max": float(rating.max()),
+        "sources": sources, "format_version": FORMAT_VERSION, **meta_extra,
+    }
+    with atomic_dir(out) as tmp:
+        np.savez(tmp / "interactions.npz", **cols)
+        item_df.to_csv(tmp / "items.csv", index=False)
+        user_df.to_csv(tmp / "users.csv", index=False)
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+    return meta
+
+
+# ----------------------------------------------------------------------------------------------------
+# CLI
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="prepare.py", description=__doc__.split("\n\n")[0])
+    sub = p.add_subparsers(dest="source", required=True)
+
+    def shared(sp, dedup_default, threshold_default):
+        sp.add_argument("--out", required=True, help="output directory (replaced atomically)")
+        sp.add_argument("--name", help="dataset name in meta.json (default: the output dir name)")
+        sp.add_argument("--min-user-interactions", type=int, default=1, help="k-core: minimum rows per user")
+        sp.add_argument("--min-item-interactions", type=int, default=1, help="k-core: minimum rows per item")
+        sp.add_argument("--positive-threshold", type=float, default=threshold_default,
+                        help=f"rating/reward >= this counts as positive (default {threshold_default}: recorded in meta.json; evaluation uses it as relevance)")
+        sp.add_argument("--positives-only", action="store_true", help="drop non-positive rows before the k-core")
+        sp.add_argument("--dedup", choices=DEDUP_POLICIES, default=dedup_default,
+                        help=f"repeated (user, item) pairs: keep all, the first, the last or the max-rating row (default {dedup_default})")
+        sp.add_argument("--sha256", help="expected sha256 of --src (a file); mismatch is an error")
+        sp.add_argument("--debug", action="store_true", help="show tracebacks")
+
+    ml = sub.add_parser("movielens", help="MovieLens 100K/1M/10M/20M/25M")
+    ml.add_argument("--variant", required=True, choices=sorted(MOVIELENS_MD5))
+    ml.add_argument("--src", help="local directory or zip; default: download the official archive into $JAXREC_CACHE")
+    shared(ml, "last", 4.0)
+    ev = sub.add_parser("events", help="RetailRocket-style events.csv (timestamp,visitorid,event,itemid,transactionid)")
+    ev.add_argument("--src", required=True)
+    ev.add_argument("--weights", default=DEFAULT_WEIGHTS, help=f"reward per event type (default {DEFAULT_WEIGHTS})")
+    shared(ev, "none", None)
+    tb = sub.add_parser("table", help="any csv/tsv/parquet/npz with named columns")
+    tb.add_argument("--src", required=True)
+    tb.add_argument("--user-col", required=True)
+    tb.add_argument("--item-col", required=True)
+    tb.add_argument("--rating-col", help="rating or reward column (default: every row 1.0)")
+    order = tb.add_mutually_exclusive_group()
+    order.add_argument("--time-col", help="timestamp column (numbers or date-times)")
+    order.add_argument("--order-col", help="chronological rank within each user (no absolute times)")
+    tb.add_argument("--items", help="item metadata: MovieLens movies.dat or a csv/tsv with id, title, genres")
+    shared(tb, "last", None)
+    return p
+
+
+def prepare(argv) -> dict:
+    args = build_parser().parse_args(argv)
+    t0 = time.perf_counter()
+    src_path = getattr(args, "src", None)
+    if args.sha256 and src_path:
+        if not Path(src_path).is_file():
+            raise InputError(src_path, "--sha256 needs --src to be a single file")
+        check_digest(src_path, args.sha256)
+    items = users = None
+    meta_extra = {}
+    if args.source == "movielens":
+        src = Source(src_path if src_path else fetch_movielens(args.variant))
+        raw, items, users, used = read_movielens(args.variant, src)
+        sources = src.record(used)
+        meta_extra["order_kind"] = "timestamp"
+        threshold = args.positive_threshold
+    elif args.source == "events":
+        src = Source(src_path)
+        weights = parse_weights(args.weights)
+        raw, types, used = read_events(src, weights)
+        sources = src.record(used)
+        meta_extra.update(order_kind="timestamp", event_types=types, event_weights=weights)
+        threshold = args.positive_threshold if args.positive_threshold is not None else min(weights.values())
+    else:
+        raw, items, order_kind, used = read_table(args)
+        sources = [{"path": u, "sha256": file_digest(u)} for u in used]
+        meta_extra["order_kind"] = order_kind
+        threshold = args.positive_threshold if args.positive_threshold is not None else float(raw.rating.min(initial=1.0))
+    for s in sources:
+        if s["sha256"] in KNOWN_SHA256:
+            s["known_good"] = KNOWN_SHA256[s["sha256"]]
+    cols, user_uniques, item_uniques, stats = clean(
+        raw, dedup_policy=args.dedup, min_user=args.min_user_interactions, min_item=args.min_item_interactions,
+        positive_threshold=threshold, positives_only=args.positives_only,
+    )
+    meta_extra.update(
+        positive_threshold=float(threshold), dedup=args.dedup,
+        min_user_interactions=args.min_user_interactions, min_item_interactions=args.min_item_interactions,
+        positives_only=args.positives_only, source_kind=args.source, stats=stats,
+    )
+    if args.source == "movielens":
+        meta_extra["variant"] = args.variant
+    name = args.name or Path(args.out).name
+    meta = write_output(args.out, name, cols, user_uniques, item_uniques, items, users, meta_extra, sources)
+    print(f"{name}: {meta['n_users']:,} users, {meta['n_items']:,} items, {meta['n_interactions']:,} interactions "
+          f"-> {args.out} ({time.perf_counter() - t0:.1f}s)")
+    return meta
+
+
+def main(argv=None) -> int:
+    return cli_main(prepare, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,386 @@
+"""The experiment harness: data loading, the training/evaluation loop, run directories, checkpoints.
+
+This is shell code (files, logs, checkpoints); everything it calls on the device is a pure function of
+the experiment's trainer. The contract it implements is DESIGN.md 2.3.
+
+Loop and resume order (written down because resuming must give the same ``final.json``):
+  1. ``config.json`` is written on first start; a later start must resolve to the identical config.
+  2. A checkpoint holds ``{state, best, step, wall_s, n_lines, best_val}``: the training state, the
+     best-validated state so far, the step, the wall time spent, and how many ``metrics.jsonl`` lines
+     existed when it was taken.
+  3. On restart the latest checkpoint is restored into a freshly initialised target pytree (orbax
+     restores into a target), ``metrics.jsonl`` is truncated to ``n_lines`` so the lines re-logged
+     after it are not duplicated, and the loop continues from ``step``. Trainers derive every random
+     draw from keys in the state (``fold_in(key, step)``), so chunks after a restart replay exactly.
+  4. Chunks end at every multiple of ``log_every``, ``eval_every`` and ``ckpt_every``; at an eval point
+     validation picks the best state; at a checkpoint point the checkpoint is saved; the last step is
+     all three. The test part is evaluated once, on the best state, after training.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any, Callable, Protocol
+
+import jax
+import numpy as np
+
+from data_prep.common import load_prepared
+from jaxrec import config as C
+from jaxrec.data.interactions import Interactions
+from jaxrec.data.splits import Split, eval_view, make_split
+from jaxrec.errors import ConfigError, InputError
+from jaxrec.eval.protocols import ScoreFn, full_ranking
+
+
+@dataclasses.dataclass
+class Dataset:
+    """A prepared data directory plus its split, as every experiment receives it."""
+
+    path: str
+    inter: Interactions
+    meta: dict
+    items: Any
+    split: Split
+    relevant_threshold: float
+
+
+def load_dataset(cfg: C.Config) -> Dataset:
+    inter, meta, items = load_prepared(cfg.data.path)
+    split = make_split(inter, cfg.data.split)
+    threshold = cfg.data.relevant_threshold
+    if threshold is None:
+        threshold = float(meta.get("positive_threshold", meta.get("rating_min", 0.0)))
+    return Dataset(cfg.data.path, inter, meta, items, split, threshold)
+
+
+class Trainer(Protocol):
+    """What an experiment provides; every method but ``counters`` may be jitted device code."""
+
+    def init(self, key: jax.Array) -> Any:
+        """The whole training state as one pytree (params, optimiser, replay, keys, counters)."""
+
+    def train(self, state: Any, n_steps: int) -> tuple[Any, dict[str, float]]:
+        """Runs ``n_steps`` steps (one jitted chunk) and returns mean losses over them."""
+
+    def score_fn(self, state: Any) -> ScoreFn:
+        """``(users [B], context_mask [B, I]) -> scores [B, I]`` for the ``full`` protocol."""
+
+    def counters(self, state: Any) -> dict[str, int]:
+        """``env_steps`` and ``updates`` done so far."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Experiment:
+    name: str
+    description: str
+    make_config: Callable[[], C.Config]
+    make_trainer: Callable[[C.Config, Dataset], Trainer]
+    quick: tuple[str, ...] = ()
+    """``--set`` overrides applied by ``--quick`` (a tiny but real configuration)."""
+    protocols: tuple[str, ...] = ("full",)
+    """Protocols this experiment can be evaluated with."""
+    max_devices: int = 1
+
+
+# ----------------------------------------------------------------------------------------------------
+# Evaluation
+
+
+def evaluate(trainer: Trainer, state, data: Dataset, cfg: C.Config, part: str) -> tuple[dict, dict]:
+    """({protocol: {metric: mean}}, {protocol: n_users}) on ``part``."""
+    view = eval_view(data.inter, data.split, part, cfg.data.split.heldout_visible)
+    results, users = {}, {}
+    for protocol in cfg.eval.protocols:
+        if protocol == "full":
+            results[protocol], users[protocol] = full_ranking(
+                trainer.score_fn(state), data.inter, view, data.relevant_threshold, cfg.eval.ks, cfg.eval.batch_users)
+        else:
+            fn = getattr(trainer, f"evaluate_{protocol}")
+            results[protocol], users[protocol] = fn(state, view, part)
+    return results, users
+
+
+def selection_value(val: dict, cfg: C.Config) -> float:
+    v = val[cfg.eval.protocols[0]].get(cfg.eval.select, float("nan"))
+    return -math.inf if math.isnan(v) else v
+
+
+# ----------------------------------------------------------------------------------------------------
+# Run directory
+
+
+class RunDir:
+    def __init__(self, path):
+        self.path = Path(path)
+        self.metrics = self.path / "metrics.jsonl"
+        self.final = self.path / "final.json"
+        self.ckpt_dir = self.path / "checkpoints"
+
+    def start(self, cfg_dict: dict):
+        """Creates the directory or checks that an existing one holds the same config."""
+        cfg_path = self.path / "config.json"
+        if cfg_path.exists():
+            old = json.loads(cfg_path.read_text())
+            if old != cfg_dict:
+                diffs = _diff(old, cfg_dict)
+                raise InputError(cfg_path, f"this run directory holds a different config ({'; '.join(diffs[:5])}); "
+                                           "pass another --run-dir or repeat the original command to resume")
+            return
+        self.path.mkdir(parents=True, exist_ok=True)
+        _write_json_atomic(cfg_path, cfg_dict)
+
+    def log(self, record: dict):
+        with open(self.metrics, "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def n_lines(self) -> int:
+        if not self.metrics.exists():
+            return 0
+        with open(self.metrics) as f:
+            return sum(1 for _ in f)
+
+    def truncate(self, n_lines: int):
+        if not self.metrics.exists():
+            return
+        lines = self.metrics.read_text().splitlines(keepends=True)[:n_lines]
+        tmp = self.metrics.with_suffix(".tmp")
+        tmp.write_text("".join(lines))
+        os.replace(tmp, self.metrics)
+
+
+def _diff(a: dict, b: dict, prefix="") -> list[str]:
+    out = []
+    for k in sorted(set(a) | set(b)):
+        va, vb = a.get(k), b.get(k)
+        if isinstance(va, dict) and isinstance(vb, dict):
+            out += _diff(va, vb, f"{prefix}{k}.")
+        elif va != vb:
+            out.append(f"{prefix}{k}: {va!r} there, {vb!r} now")
+    return out
+
+
+def _write_json_atomic(path: Path, obj):
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+class Checkpoints:
+    """Orbax checkpoints of the harness's ``{state, best, step, ...}`` pytree."""
+
+    def __init__(self, directory: Path, max_to_keep: int = 2):
+        import orbax.checkpoint as ocp
+
+        self._ocp = ocp
+        self.manager = ocp.CheckpointManager(directory.resolve(), options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep))
+
+    def latest(self) -> int | None:
+        return self.manager.latest_step()
+
+    def save(self, step: int, tree):
+        self.manager.save(step, args=self._ocp.args.StandardSave(tree), force=True)
+        self.manager.wait_until_finished()
+
+    def restore(self, step: int, target):
+        return self.manager.restore(step, args=self._ocp.args.StandardRestore(target))
+
+    def close(self):
+        self.manager.close()
+
+
+# ----------------------------------------------------------------------------------------------------
+# The loop
+
+
+def run_single(exp: Experiment, cfg: C.Config, run_dir: Path, data: Dataset, progress: Callable[[str], None] = print) -> dict:
+    """Trains and evaluates one seed in ``run_dir``; resumes from its last checkpoint if any."""
+    rd = RunDir(run_dir)
+    rd.start(C.to_dict(cfg))
+    if rd.final.exists():
+        progress(f"{run_dir}: already complete")
+        return json.loads(rd.final.read_text())
+    trainer = exp.make_trainer(cfg, data)
+    state = trainer.init(jax.random.key(cfg.seed))
+    tc = cfg.train
+    ckpt = _ckpt_tree(state, state, 0, 0.0, 0, -np.inf)
+    manager = Checkpoints(rd.ckpt_dir)
+    try:
+        latest = manager.latest()
+        if latest is not None:
+            ckpt = manager.restore(latest, ckpt)
+            rd.truncate(int(ckpt["n_lines"]))
+            progress(f"{run_dir}: resuming from step {int(ckpt['step'])}")
+        else:
+            rd.truncate(0)
+        state, best = ckpt["state"], ckpt["best"]
+        step, best_val = int(ckpt["step"]), float(ckpt["best_val"])
+        t0 = time.perf_counter() - float(ckpt["wall_s"])
+
+        def wall():
+            return round(time.perf_counter() - t0, 3)
+
+        def validate_and_select(state, best, best_val, step):
+            val, _ = evaluate(trainer, state, data, cfg, "val")
+            rd.log({"step": step, "wall_s": wall(), "val": val})
+            progress(f"step {step}: val {_short(val)}")
+            v = selection_value(val, cfg)
+            if v > best_val or not math.isfinite(best_val):
+                return state, v
+            return best, best_val
+
+        if tc.steps == 0 and latest is None:
+            best, best_val = validate_and_select(state, best, best_val, 0)
+        while step < tc.steps:
+            n = min(tc.log_every - step % tc.log_every, tc.eval_every - step % tc.eval_every,
+                    tc.ckpt_every - step % tc.ckpt_every, tc.steps - step)
+            state, logs = trainer.train(state, n)
+            step += n
+            last = step == tc.steps
+            if step % tc.log_every == 0 or last:
+                rd.log({"step": step, "wall_s": wall(), **{k: float(v) for k, v in logs.items()}, **trainer.counters(state)})
+            if step % tc.eval_every == 0 or last:
+                best, best_val = validate_and_select(state, best, best_val, step)
+            if step % tc.ckpt_every == 0 or last:
+                manager.save(step, _ckpt_tree(state, best, step, wall(), rd.n_lines(), best_val))
+        if tc.steps == 0:
+            manager.save(0, _ckpt_tree(state, best, 0, wall(), rd.n_lines(), best_val))
+        val, val_users = evaluate(trainer, best, data, cfg, "val")
+        test, test_users = evaluate(trainer, best, data, cfg, "test")
+    finally:
+        manager.close()
+    final = {
+        "exp": cfg.exp, "seed": cfg.seed, "wall_s": wall(), **trainer.counters(state),
+        "val": val, "test": test, "eval_users": {"val": val_users, "test": test_users},
+        "best_val": {cfg.eval.select: best_val}, "data": data.meta.get("name"), "split": data.split.scheme,
+    }
+    final.setdefault("env_steps", 0)
+    final.setdefault("updates", 0)
+    _write_json_atomic(rd.final, final)
+    write_plots(rd)
+    progress(f"test {_short(test)}")
+    return final
+
+
+def _ckpt_tree(state, best, step, wall_s, n_lines, best_val) -> dict:
+    """The checkpointed pytree (0-d arrays: orbax saves arrays, not Python or numpy scalars)."""
+    return {"state": state, "best": best, "step": np.asarray(step, np.int64), "wall_s": np.asarray(wall_s, np.float64),
+            "n_lines": np.asarray(n_lines, np.int64), "best_val": np.asarray(best_val, np.float64)}
+
+
+def _short(results: dict) -> str:
+    return "; ".join(f"{p} " + " ".join(f"{k}={v:.4f}" for k, v in m.items() if k.startswith(("hr@", "ndcg@")))
+                     for p, m in results.items())
+
+
+# ----------------------------------------------------------------------------------------------------
+# Seeds
+
+
+T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262,
+        10: 2.228, 12: 2.179, 15: 2.131, 20: 2.086, 25: 2.060, 30: 2.042}
+
+
+def t975(dof: int) -> float:
+    """Two-sided 95% Student-t quantile (table; 1.96 beyond 30 degrees of freedom)."""
+    if dof > 30:
+        return 1.96
+    return T975[max(k for k in T975 if k <= dof)] if dof not in T975 else T975[dof]
+
+
+def aggregate_seeds(finals: list[dict]) -> dict:
+    """Mean and 95% interval half-width over seeds for every (part, protocol, metric)."""
+    out = {"exp": finals[0]["exp"], "seed": [f["seed"] for f in finals], "seeds": finals,
+           "wall_s": round(sum(f["wall_s"] for f in finals), 3),
+           "env_steps": sum(f["env_steps"] for f in finals), "updates": sum(f["updates"] for f in finals)}
+    for part in ("val", "test"):
+        mean, ci = {}, {}
+        for proto, metrics in finals[0][part].items():
+            mean[proto], ci[proto] = {}, {}
+            for name in metrics:
+                v = np.array([f[part][proto][name] for f in finals], np.float64)
+                mean[proto][name] = float(v.mean())
+                ci[proto][name] = float(t975(len(v) - 1) * v.std(ddof=1) / np.sqrt(len(v))) if len(v) > 1 else 0.0
+        out[part], out[f"{part}_ci95"] = mean, ci
+    return out
+
+
+def run_experiment(exp: Experiment, cfg: C.Config, run_dir: Path, n_seeds: int = 1, progress=print) -> dict:
+    if cfg.devices > jax.local_device_count():
+        raise ConfigError("--devices", f"{cfg.devices} requested but only {jax.local_device_count()} local devices exist")
+    if cfg.devices > exp.max_devices:
+        raise ConfigError("--devices", f"experiment {exp.name} runs on at most {exp.max_devices} device(s)")
+    bad = [p for p in cfg.eval.protocols if p not in exp.protocols]
+    if bad:
+        raise ConfigError("eval.protocols", f"{bad} not available for {exp.name}; expected a subset of {exp.protocols}")
+    data = load_dataset(cfg)
+    if n_seeds == 1:
+        return run_single(exp, cfg, run_dir, data, progress)
+    rd = RunDir(run_dir)
+    rd.start({**C.to_dict(cfg), "seeds": n_seeds})
+    finals = []
+    for s in range(cfg.seed, cfg.seed + n_seeds):
+        progress(f"seed {s}")
+        finals.append(run_single(exp, dataclasses.replace(cfg, seed=s), run_dir / f"seed{s}", data, progress))
+    rd.truncate(0)
+    for s in range(cfg.seed, cfg.seed + n_seeds):
+        for line in (run_dir / f"seed{s}" / "metrics.jsonl").read_text().splitlines():
+            rd.log({"seed": s, **json.loads(line)})
+    final = aggregate_seeds(finals)
+    _write_json_atomic(rd.final, final)
+    write_plots(rd)
+    return final
+
+
+# ----------------------------------------------------------------------------------------------------
+# Plots
+
+
+def write_plots(rd: RunDir):
+    """``plots/metrics.png``: every logged scalar against the step (one panel each)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    series: dict[str, dict[int | None, list[tuple[int, float]]]] = {}
+    for line in rd.metrics.read_text().splitlines() if rd.metrics.exists() else []:
+        rec = json.loads(line)
+        for key, value in _flatten(rec).items():
+            if key in ("step", "wall_s", "seed") or not isinstance(value, (int, float)):
+                continue
+            series.setdefault(key, {}).setdefault(rec.get("seed"), []).append((rec["step"], value))
+    if not series:
+        return
+    names = sorted(series)
+    cols = min(3, len(names))
+    rows = math.ceil(len(names) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.5 * cols, 3.2 * rows), squeeze=False)
+    for ax, name in zip(axes.flat, names):
+        for seed, points in series[name].items():
+            xs, ys = zip(*points)
+            ax.plot(xs, ys, marker="o", ms=3, label=None if seed is None else f"seed {seed}")
+        ax.set_title(name, fontsize=9)
+        ax.set_xlabel("step")
+        if len(series[name]) > 1:
+            ax.legend(fontsize=7)
+    for ax in list(axes.flat)[len(names):]:
+        ax.axis("off")
+    fig.tight_layout()
+    (rd.path / "plots").mkdir(exist_ok=True)
+    fig.savefig(rd.path / "plots" / "metrics.png", dpi=100)
+    plt.close(fig)
+
+
+def _flatten(d: dict, prefix="") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}/"))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out

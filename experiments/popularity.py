@@ -1,0 +1,48 @@
+"""``popularity``: recommend the items with the most training interactions to everyone.
+
+The non-personalised floor every learned recommender must beat, computed on the training part only
+and evaluated by exactly the same metric code as the RL agents.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import jax.numpy as jnp
+
+from jaxrec import config as C
+from jaxrec.baselines import broadcast_scores, popularity_scores
+from jaxrec.data.splits import train_view
+
+
+@dataclasses.dataclass
+class PopularityConfig:
+    positives_only: bool = False
+    """Count only training interactions whose rating/reward reaches the relevance threshold."""
+
+
+class PopularityTrainer:
+    def __init__(self, cfg: C.Config, data):
+        self.train_inter = train_view(data.inter, data.split)
+        self.min_rating = data.relevant_threshold if cfg.model.positives_only else None
+
+    def init(self, key):
+        del key  # deterministic: nothing is sampled
+        return {"item_scores": popularity_scores(self.train_inter, self.min_rating)}
+
+    def train(self, state, n_steps):
+        return state, {}
+
+    def score_fn(self, state):
+        item_scores = state["item_scores"]
+        return lambda users, context: broadcast_scores(item_scores, context)
+
+    def counters(self, state):
+        return {"env_steps": 0, "updates": 0}
+
+
+def make_config() -> C.Config:
+    return C.Config(exp="popularity", train=C.TrainConfig(steps=0), model=PopularityConfig())
+
+
+def make_trainer(cfg, data):
+    return PopularityTrainer(cfg, data)

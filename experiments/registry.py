@@ -1,0 +1,23 @@
+"""Experiment registry: name -> ``Experiment`` (config factory, trainer factory, --quick overrides)."""
+from __future__ import annotations
+
+from experiments import popularity
+from experiments.harness import Experiment
+
+EXPERIMENTS: dict[str, Experiment] = {}
+
+
+def register(exp: Experiment) -> Experiment:
+    if exp.name in EXPERIMENTS:
+        raise ValueError(f"experiment {exp.name!r} registered twice")
+    EXPERIMENTS[exp.name] = exp
+    return exp
+
+
+register(Experiment(
+    name="popularity",
+    description="most-popular items on the training part (non-personalised floor), full-ranking protocol",
+    make_config=popularity.make_config,
+    make_trainer=popularity.make_trainer,
+    quick=("eval.batch_users=256",),
+))

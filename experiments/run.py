@@ -1,0 +1,85 @@
+"""Runs a registered experiment (DESIGN.md 2.3).
+
+  python experiments/run.py --exp=NAME [--data DIR] [--features DIR] [--run-dir DIR] [--seed N]
+                            [--seeds N] [--devices N] [--quick] [--set a.b=value ...]
+  python experiments/run.py --exp=list            # names + one-line descriptions
+  python experiments/run.py --exp=NAME --show-config   # every config key, type, value and doc
+
+Writes config.json, metrics.jsonl, final.json, checkpoints/ and plots/ into the run directory
+(default runs/NAME[-quick]/seedS); re-running the same command resumes it.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from data_prep.common import cli_main
+from jaxrec import config as C
+from jaxrec.errors import ConfigError
+
+
+def build_parser():
+    p = argparse.ArgumentParser(prog="run.py", description=__doc__.split("\n\n")[0])
+    p.add_argument("--exp", required=True, help="experiment name, or 'list'")
+    p.add_argument("--data", help="prepared data directory (data.path)")
+    p.add_argument("--features", help="extracted item features directory (data.features)")
+    p.add_argument("--run-dir", help="run directory (default runs/EXP[-quick]/seedS)")
+    p.add_argument("--seed", type=int, help="learner seed (default 0)")
+    p.add_argument("--seeds", type=int, default=1, help="train this many seeds (seed, seed+1, ...) and report mean +- 95%% CI")
+    p.add_argument("--devices", type=int, help="local devices for data parallelism")
+    p.add_argument("--quick", action="store_true", help="tiny but real configuration (smoke test)")
+    p.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE", help="config overrides")
+    p.add_argument("--show-config", action="store_true", help="print every config key with its doc and exit")
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+    return p
+
+
+def resolve_config(exp, args) -> C.Config:
+    cfg = exp.make_config()
+    overrides = list(exp.quick) if args.quick else []
+    if args.data:
+        overrides.append(f"data.path={args.data}")
+    if args.features:
+        overrides.append(f"data.features={args.features}")
+    if args.seed is not None:
+        overrides.append(f"seed={args.seed}")
+    if args.devices is not None:
+        overrides.append(f"devices={args.devices}")
+    return C.apply_overrides(cfg, overrides + list(args.set))
+
+
+def main_args(argv):
+    args = build_parser().parse_args(argv)
+    from experiments.registry import EXPERIMENTS
+
+    if args.exp == "list":
+        width = max(map(len, EXPERIMENTS))
+        for name, exp in EXPERIMENTS.items():
+            print(f"{name:<{width}}  {exp.description}")
+        return
+    if args.exp not in EXPERIMENTS:
+        raise ConfigError("--exp", f"unknown experiment {args.exp!r}; known: {', '.join(EXPERIMENTS)} (or 'list')")
+    if args.seeds < 1:
+        raise ConfigError("--seeds", "must be >= 1")
+    exp = EXPERIMENTS[args.exp]
+    cfg = resolve_config(exp, args)
+    if args.show_config:
+        for key, type_name, value, doc in C.describe(cfg):
+            print(f"{key} ({type_name}) = {value!r}\n    {doc}")
+        return
+    from experiments.harness import run_experiment
+
+    suffix = "-quick" if args.quick else ""
+    seeds = f"seed{cfg.seed}" if args.seeds == 1 else f"seeds{cfg.seed}-{cfg.seed + args.seeds - 1}"
+    run_dir = Path(args.run_dir) if args.run_dir else Path("runs") / f"{exp.name}{suffix}" / seeds
+    final = run_experiment(exp, cfg, run_dir, args.seeds)
+    print(f"run directory: {run_dir}  (final.json: test {final['test']})")
+
+
+def main(argv=None) -> int:
+    return cli_main(main_args, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

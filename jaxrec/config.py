@@ -1,0 +1,281 @@
+"""Typed experiment configs: dataclasses with a docstring per field, dotted overrides, validation.
+
+Each field is followed by a string literal documenting it (CleanRL style); ``field_docs`` reads those
+back from the source so ``run.py --exp=NAME --help-config`` and error messages can show them.
+``apply_overrides(cfg, ["train.steps=100", ...])`` parses each value by the field's declared type and
+raises ``ConfigError`` naming the key, the expected type and, for an unknown key, the valid keys.
+"""
+from __future__ import annotations
+
+import ast
+import dataclasses
+import difflib
+import functools
+import inspect
+import textwrap
+import types
+import typing
+from typing import Any, Literal
+
+from jaxrec.errors import ConfigError
+
+
+@dataclasses.dataclass
+class SplitConfig:
+    scheme: Literal["leave_last", "users", "global_time"] = "leave_last"
+    """How interactions are divided: per-user temporal leave-last-out, seeded held-out users, or one
+    global time cut (see jaxrec.data.splits)."""
+    n_val: int = 1
+    """leave_last: number of each user's last interactions (before the test ones) used for validation."""
+    n_test: int = 1
+    """leave_last: number of each user's last interactions used for test."""
+    min_train: int = 1
+    """leave_last: users need at least this many training interactions to be evaluated."""
+    fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)
+    """users / global_time: train, validation and test fractions (of users, or of time)."""
+    heldout_visible: int = 10
+    """users: earliest interactions of a held-out user shown to the model as input at evaluation."""
+    seed: int = 0
+    """users: seed of the user permutation; fixed across training seeds, so --seeds varies only the
+    learner, not the data."""
+
+    def validate(self):
+        if self.n_val < 1:
+            raise ConfigError("data.split.n_val", "must be >= 1: model selection needs a validation part")
+        if self.n_test < 1 or self.min_train < 1 or self.heldout_visible < 1:
+            raise ConfigError("data.split", "n_test, min_train and heldout_visible must be >= 1")
+        if len(self.fractions) != 3 or min(self.fractions) < 0 or abs(sum(self.fractions) - 1) > 1e-6:
+            raise ConfigError("data.split.fractions", f"need three fractions >= 0 summing to 1, got {self.fractions}")
+        if self.scheme in ("users", "global_time") and self.fractions[1] <= 0:
+            raise ConfigError("data.split.fractions", "the validation fraction must be > 0 (model selection)")
+
+
+@dataclasses.dataclass
+class DataConfig:
+    path: str = "data/ml-1m"
+    """Prepared data directory (output of data_prep/prepare.py); --data sets it."""
+    split: SplitConfig = dataclasses.field(default_factory=SplitConfig)
+    """How interactions are split (nested keys data.split.*)."""
+    features: str | None = None
+    """Directory of extracted item features (multimodal experiments); --features sets it."""
+    relevant_threshold: float | None = None
+    """A held-out interaction is relevant when its rating/reward is >= this; none = the dataset's
+    meta.json positive_threshold."""
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    steps: int = 0
+    """Training steps (updates or environment steps, per experiment); 0 for fit-once baselines."""
+    eval_every: int = 1000
+    """Validation evaluation period in steps (model selection keeps the best validated state)."""
+    ckpt_every: int = 1000
+    """Checkpoint period in steps; a re-run on the same run directory resumes from the last one."""
+    log_every: int = 100
+    """Training-loss logging period in steps (one jitted chunk per period)."""
+
+    def validate(self):
+        if self.steps < 0 or self.eval_every < 1 or self.ckpt_every < 1 or self.log_every < 1:
+            raise ConfigError("train", "steps must be >= 0 and eval_every, ckpt_every, log_every >= 1")
+
+
+@dataclasses.dataclass
+class EvalConfig:
+    protocols: tuple[str, ...] = ("full",)
+    """Evaluation protocols: full = rank every item not in the visible history."""
+    ks: tuple[int, ...] = (5, 10, 20)
+    """Cut-offs K for hr@K, precision@K, recall@K, ndcg@K."""
+    select: str = "ndcg@10"
+    """Validation metric (of the first protocol) that picks the state evaluated on test."""
+    batch_users: int = 1024
+    """Users scored per batch (bounds the [users, items] score matrix in memory)."""
+
+    def validate(self):
+        if not self.ks or min(self.ks) < 1:
+            raise ConfigError("eval.ks", f"need positive cut-offs, got {self.ks}")
+        name, _, k = self.select.partition("@")
+        if name not in ("hr", "precision", "recall", "ndcg") or not k.isdigit() or int(k) not in self.ks:
+            raise ConfigError("eval.select", f"{self.select!r} must be METRIC@K with K in eval.ks={self.ks}")
+        if self.batch_users < 1:
+            raise ConfigError("eval.batch_users", "must be >= 1")
+
+
+@dataclasses.dataclass
+class Config:
+    """A whole experiment: shared parts plus the experiment's own ``model`` dataclass."""
+
+    exp: str = ""
+    """Experiment name (set by the runner)."""
+    seed: int = 0
+    """Seed of every PRNG key of the learner (init, exploration, sampling); the split has its own."""
+    devices: int = 1
+    """Local devices for data parallelism (--devices); the global batch stays the same."""
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    """Dataset and split."""
+    train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+    """Training loop."""
+    eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
+    """Evaluation."""
+    model: Any = None
+    """The experiment's own config dataclass (keys model.*)."""
+
+
+# ----------------------------------------------------------------------------------------------------
+# Field documentation
+
+
+@functools.cache
+def field_docs(cls) -> dict[str, str]:
+    """Maps each field of dataclass ``cls`` to the string literal that follows it in the source."""
+    try:
+        tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
+    except (OSError, TypeError):
+        return {}
+    body = tree.body[0].body
+    docs = {}
+    for stmt, nxt in zip(body, body[1:]):
+        if (isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name)
+                and isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant)
+                and isinstance(nxt.value.value, str)):
+            docs[stmt.target.id] = " ".join(nxt.value.value.split())
+    return docs
+
+
+def describe(cfg) -> list[tuple[str, str, Any, str]]:
+    """(dotted key, type name, current value, doc) for every leaf field of ``cfg``."""
+    rows = []
+    for key, (owner, name) in _leaves(cfg).items():
+        hint = _hints(type(owner))[name]
+        rows.append((key, _type_name(hint), getattr(owner, name), field_docs(type(owner)).get(name, "")))
+    return rows
+
+
+# ----------------------------------------------------------------------------------------------------
+# Overrides
+
+
+def apply_overrides(cfg, overrides: list[str]):
+    """Returns a copy of ``cfg`` with each ``a.b.c=value`` applied; validates the result."""
+    cfg = _deepcopy(cfg)
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ConfigError(f"--set {item}", "expected KEY=VALUE, e.g. train.steps=1000")
+        leaves = _leaves(cfg)
+        if key not in leaves:
+            close = difflib.get_close_matches(key, leaves, n=3)
+            hint = f" (did you mean {', '.join(close)}?)" if close else ""
+            raise ConfigError(f"--set {key}", f"unknown key{hint}; valid keys: {', '.join(leaves)}")
+        owner, name = leaves[key]
+        setattr(owner, name, parse_value(key, raw.strip(), _hints(type(owner))[name]))
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg):
+    """Runs every nested dataclass's ``validate()`` and checks Literal fields hold allowed values."""
+    for key, (owner, name) in _leaves(cfg).items():
+        hint = _hints(type(owner))[name]
+        value = getattr(owner, name)
+        if typing.get_origin(hint) is Literal and value not in typing.get_args(hint):
+            raise ConfigError(key, f"{value!r} is not one of {typing.get_args(hint)}")
+    for obj in _dataclasses(cfg):
+        if hasattr(obj, "validate"):
+            obj.validate()
+
+
+def parse_value(key: str, raw: str, hint):
+    """Parses ``raw`` as a value of type ``hint`` (bool, int, float, str, Literal, tuple, X | None)."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if raw.lower() in ("none", "null") and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return parse_value(key, raw, inner[0] if len(inner) == 1 else str)
+    if origin is Literal:
+        for a in args:
+            if str(a) == raw:
+                return a
+        raise ConfigError(f"--set {key}", f"{raw!r} is not one of {', '.join(map(str, args))}")
+    if origin is tuple:
+        parts = [p.strip() for p in raw.strip("()[]").split(",") if p.strip()]
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(parse_value(key, p, args[0]) for p in parts)
+        if len(parts) != len(args):
+            raise ConfigError(f"--set {key}", f"expected {len(args)} comma-separated values, got {raw!r}")
+        return tuple(parse_value(key, p, a) for p, a in zip(parts, args))
+    if hint is bool:
+        low = raw.lower()
+        if low in ("true", "1", "yes", "on"):
+            return True
+        if low in ("false", "0", "no", "off"):
+            return False
+        raise ConfigError(f"--set {key}", f"{raw!r} is not a boolean, expected true or false")
+    if hint in (int, float):
+        try:
+            return hint(raw)
+        except ValueError:
+            raise ConfigError(f"--set {key}", f"{raw!r} is not {'an integer' if hint is int else 'a number'}") from None
+    if hint is str:
+        return raw
+    raise ConfigError(f"--set {key}", f"cannot set a field of type {_type_name(hint)} from the command line")
+
+
+# ----------------------------------------------------------------------------------------------------
+# Serialisation
+
+
+def to_dict(cfg) -> dict:
+    """JSON-ready nested dict (tuples become lists)."""
+    return _jsonable(dataclasses.asdict(cfg))
+
+
+def _jsonable(x):
+    if isinstance(x, dict):
+        return {k: _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    return x
+
+
+# ----------------------------------------------------------------------------------------------------
+# Internals
+
+
+@functools.cache
+def _hints(cls) -> dict:
+    return typing.get_type_hints(cls)
+
+
+def _leaves(cfg, prefix: str = "") -> dict[str, tuple[Any, str]]:
+    """Dotted key -> (owning dataclass instance, field name) for every non-dataclass field."""
+    out = {}
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        key = f"{prefix}{f.name}"
+        if dataclasses.is_dataclass(value):
+            out.update(_leaves(value, key + "."))
+        elif value is not None or _hints(type(cfg))[f.name] is not Any:
+            out[key] = (cfg, f.name)
+    return out
+
+
+def _dataclasses(cfg):
+    yield cfg
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(value):
+            yield from _dataclasses(value)
+
+
+def _deepcopy(cfg):
+    changes = {f.name: _deepcopy(getattr(cfg, f.name)) for f in dataclasses.fields(cfg)
+               if dataclasses.is_dataclass(getattr(cfg, f.name))}
+    return dataclasses.replace(cfg, **changes)
+
+
+def _type_name(hint) -> str:
+    if isinstance(hint, type):
+        return hint.__name__
+    return str(hint).replace("typing.", "")

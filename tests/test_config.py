@@ -1,0 +1,57 @@
+import dataclasses
+
+import pytest
+
+from jaxrec import config as C
+from jaxrec.errors import ConfigError
+
+
+def test_every_field_has_a_docstring():
+    for cls in (C.SplitConfig, C.DataConfig, C.TrainConfig, C.EvalConfig, C.Config):
+        docs = C.field_docs(cls)
+        missing = [f.name for f in dataclasses.fields(cls) if not docs.get(f.name)]
+        assert not missing, f"{cls.__name__} fields without a docstring: {missing}"
+
+
+def test_overrides_parse_by_type_and_do_not_mutate_the_original():
+    cfg = C.Config(exp="x")
+    out = C.apply_overrides(cfg, ["train.steps=7", "data.split.fractions=0.7,0.2,0.1", "eval.ks=5,10",
+                                  "eval.select=hr@5", "data.relevant_threshold=none", "data.split.scheme=users"])
+    assert out.train.steps == 7 and isinstance(out.train.steps, int)
+    assert out.data.split.fractions == (0.7, 0.2, 0.1)
+    assert out.eval.ks == (5, 10) and out.eval.select == "hr@5"
+    assert out.data.relevant_threshold is None and out.data.split.scheme == "users"
+    assert cfg.train.steps == 0 and cfg.data.split.scheme == "leave_last"
+    assert C.apply_overrides(cfg, ["data.relevant_threshold=3.5"]).data.relevant_threshold == 3.5
+
+
+@pytest.mark.parametrize("override, message", [
+    ("train.stpes=1", "unknown key (did you mean train.steps?); valid keys: exp, seed"),
+    ("train.steps=1.5", "'1.5' is not an integer"),
+    ("train.steps=abc", "'abc' is not an integer"),
+    ("data.split.scheme=random", "'random' is not one of leave_last, users, global_time"),
+    ("data.split.fractions=0.5,0.5", "expected 3 comma-separated values"),
+    ("data.split.fractions=0.5,0.4,0.3", "summing to 1"),
+    ("eval.select=ndcg@7", "must be METRIC@K with K in eval.ks"),
+    ("train.steps", "expected KEY=VALUE"),
+    ("data.split.n_val=0", "model selection needs a validation part"),
+])
+def test_bad_overrides_name_the_key(override, message):
+    with pytest.raises(ConfigError) as e:
+        C.apply_overrides(C.Config(exp="x"), [override])
+    assert message in str(e.value)
+
+
+def test_describe_lists_nested_keys_with_docs():
+    rows = {key: (t, v, doc) for key, t, v, doc in C.describe(C.Config(exp="x"))}
+    assert rows["data.split.scheme"][1] == "leave_last"
+    assert "validation" in rows["train.eval_every"][2].lower()
+    assert rows["eval.ks"][0] == "tuple[int, ...]"
+
+
+def test_to_dict_round_trips_through_json():
+    import json
+
+    d = C.to_dict(C.Config(exp="x"))
+    assert json.loads(json.dumps(d)) == d
+    assert d["data"]["split"]["fractions"] == [0.8, 0.1, 0.1]

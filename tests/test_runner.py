@@ -1,0 +1,226 @@
+"""End-to-end tests of experiments/run.py and the harness on small generated data."""
+import dataclasses
+import json
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from experiments import registry
+from experiments.harness import Experiment, aggregate_seeds, t975
+from experiments.run import main
+from jaxrec import config as C
+from jaxrec.baselines import broadcast_scores
+from jaxrec.data.splits import train_view
+from tests.helpers import REPO, synthetic_interactions, write_prepared
+
+CHECKER = REPO.parent / "shared" / "tools" / "check_contracts.py"
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    return write_prepared(synthetic_interactions(n_users=80, n_items=50), tmp_path_factory.mktemp("data") / "syn")
+
+
+def _run(argv, capsys):
+    rc = main(argv)
+    out = capsys.readouterr()
+    return rc, out.out, out.err
+
+
+def check_contract(kind, target):
+    if not CHECKER.exists():
+        return
+    res = subprocess.run([sys.executable, str(CHECKER), kind, str(target)], capture_output=True, text=True)
+    assert res.returncode == 0, res.stdout
+
+
+def test_list(capsys):
+    rc, out, _ = _run(["--exp=list"], capsys)
+    assert rc == 0 and out.startswith("popularity")
+
+
+def test_popularity_end_to_end_hand_checked(data_dir, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    rc, _, err = _run(["--exp=popularity", "--data", str(data_dir), "--run-dir", str(run_dir)], capsys)
+    assert rc == 0, err
+    final = json.loads((run_dir / "final.json").read_text())
+    check_contract("run", run_dir)
+    assert (run_dir / "plots" / "metrics.png").stat().st_size > 0
+    assert (run_dir / "config.json").exists() and (run_dir / "checkpoints").is_dir()
+    # Recompute HR@10 of the test part by hand: the most-popular training items, minus what each user saw.
+    from data_prep.common import load_prepared
+    from jaxrec.data.splits import leave_last_out
+
+    inter, _, _ = load_prepared(data_dir)
+    split = leave_last_out(inter)
+    counts = np.bincount(inter.item[split.train], minlength=inter.n_items)
+    ranking = np.argsort(-counts, kind="stable")
+    hits, users = 0, 0
+    for row in split.test:
+        u = inter.user[row]
+        if inter.rating[row] < 4:
+            continue  # not relevant at threshold 4
+        seen = set(inter.item[(inter.user == u) & ~np.isin(np.arange(len(inter)), split.test)])
+        top = [i for i in ranking if i not in seen][:10]
+        hits += inter.item[row] in top
+        users += 1
+    assert final["eval_users"]["test"]["full"] == users
+    assert final["test"]["full"]["hr@10"] == pytest.approx(hits / users)
+
+
+def test_quick_and_set_and_seeds(data_dir, tmp_path, capsys):
+    run_dir = tmp_path / "seeds"
+    rc, _, err = _run(["--exp=popularity", "--quick", "--data", str(data_dir), "--run-dir", str(run_dir), "--seeds", "3",
+                       "--set", "data.split.scheme=users", "data.split.heldout_visible=5"], capsys)
+    assert rc == 0, err
+    final = json.loads((run_dir / "final.json").read_text())
+    assert len(final["seeds"]) == 3 and final["seed"] == [0, 1, 2]
+    # Popularity does not depend on the learner seed, and the split seed is fixed: zero spread.
+    assert final["test_ci95"]["full"]["ndcg@10"] == 0.0
+    assert final["test"]["full"] == final["seeds"][0]["test"]["full"]
+    check_contract("run", run_dir)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--exp=nope"], "error: --exp: unknown experiment 'nope'"),
+    (["--exp=popularity", "--set", "train.stepz=3"], "error: --set train.stepz: unknown key (did you mean train.steps?)"),
+    (["--exp=popularity", "--set", "eval.batch_users=many"], "error: --set eval.batch_users: 'many' is not an integer"),
+    (["--exp=popularity", "--data", "/nonexistent/dir"], "error: /nonexistent/dir/interactions.npz: missing"),
+])
+def test_bad_arguments_exit_2_with_one_line(argv, message, capsys, tmp_path):
+    rc, _, err = _run(argv + ["--run-dir", str(tmp_path / "r")], capsys)
+    assert rc == 2
+    assert err.strip().startswith(message) and len(err.strip().splitlines()) == 1
+
+
+def test_existing_run_with_other_config_is_refused_and_kept(data_dir, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    assert _run(["--exp=popularity", "--data", str(data_dir), "--run-dir", str(run_dir)], capsys)[0] == 0
+    before = {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file()}
+    rc, _, err = _run(["--exp=popularity", "--data", str(data_dir), "--run-dir", str(run_dir), "--set", "eval.ks=5,10",
+                       "eval.select=ndcg@5"], capsys)
+    assert rc == 2 and "different config (eval.ks" in err
+    assert before == {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file()}
+
+
+# ----------------------------------------------------------------------------------------------------
+# Resume: a small trainer with real jitted, keyed updates, interrupted and resumed.
+
+
+class Interrupt(Exception):
+    pass
+
+
+class ToyTrainer:
+    crash_after: int | None = None
+
+    def __init__(self, cfg, data):
+        train = train_view(data.inter, data.split)
+        self.counts = jnp.asarray(np.bincount(train.item, minlength=data.inter.n_items), jnp.float32)
+        self.n_items = data.inter.n_items
+
+    def init(self, key):
+        return {"w": jnp.zeros(self.n_items), "key": jax.random.key_data(key), "step": jnp.int32(0)}
+
+    def train(self, state, n_steps):
+        if self.crash_after is not None and int(state["step"]) >= self.crash_after:
+            raise Interrupt
+        return _toy_chunk(state, self.counts, n_steps)
+
+    def score_fn(self, state):
+        return lambda users, context: broadcast_scores(state["w"], context)
+
+    def counters(self, state):
+        return {"env_steps": int(state["step"]), "updates": int(state["step"])}
+
+
+@jax.jit
+def _toy_step(state, counts):
+    key = jax.random.fold_in(jax.random.wrap_key_data(state["key"]), state["step"])
+    noise = jax.random.normal(key, state["w"].shape)
+    w = 0.9 * state["w"] + 0.1 * (counts + 3.0 * noise)
+    return {**state, "w": w, "step": state["step"] + 1}, jnp.mean(noise)
+
+
+def _toy_chunk(state, counts, n_steps):
+    def body(s, _):
+        return _toy_step(s, counts)
+
+    state, losses = jax.lax.scan(body, state, None, length=n_steps)
+    return state, {"loss": float(losses.mean())}
+
+
+@pytest.fixture
+def toy_experiment(monkeypatch):
+    def make_config():
+        return C.Config(exp="toy", train=C.TrainConfig(steps=40, eval_every=10, ckpt_every=10, log_every=5))
+
+    exp = Experiment("toy", "test-only trainer", make_config, lambda cfg, data: ToyTrainer(cfg, data))
+    monkeypatch.setitem(registry.EXPERIMENTS, "toy", exp)
+    yield exp
+    ToyTrainer.crash_after = None
+
+
+def _final_without_wall(run_dir):
+    final = json.loads((run_dir / "final.json").read_text())
+    final.pop("wall_s")
+    return final
+
+
+def _metric_lines_without_wall(run_dir):
+    lines = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    for line in lines:
+        line.pop("wall_s")
+    return lines
+
+
+def test_resume_after_interruption_gives_the_same_final(toy_experiment, data_dir, tmp_path, capsys):
+    args = ["--exp=toy", "--data", str(data_dir)]
+    straight = tmp_path / "straight"
+    assert _run(args + ["--run-dir", str(straight)], capsys)[0] == 0
+
+    resumed = tmp_path / "resumed"
+    ToyTrainer.crash_after = 25  # dies inside the chunk after step 25: last checkpoint is step 20
+    with pytest.raises(Interrupt):
+        main(args + ["--run-dir", str(resumed)])
+    assert not (resumed / "final.json").exists()
+    ToyTrainer.crash_after = None
+    rc, out, err = _run(args + ["--run-dir", str(resumed)], capsys)
+    assert rc == 0, err
+    assert "resuming from step 20" in out
+    assert _final_without_wall(resumed) == _final_without_wall(straight)
+    assert _metric_lines_without_wall(resumed) == _metric_lines_without_wall(straight)
+    check_contract("run", resumed)
+    # A third run of the same command is a no-op that keeps the result.
+    assert _run(args + ["--run-dir", str(resumed)], capsys)[0] == 0
+    assert _final_without_wall(resumed) == _final_without_wall(straight)
+
+
+def test_seeds_reproduce_and_differ(toy_experiment, data_dir, tmp_path, capsys):
+    finals = {}
+    for name, seed in (("a", 0), ("b", 0), ("c", 1)):
+        assert _run(["--exp=toy", "--data", str(data_dir), "--seed", str(seed), "--run-dir", str(tmp_path / name)], capsys)[0] == 0
+        finals[name] = _final_without_wall(tmp_path / name)
+    assert finals["a"] == finals["b"]
+    assert finals["a"]["val"] != finals["c"]["val"] or finals["a"]["best_val"] != finals["c"]["best_val"]
+
+
+def test_aggregate_seeds_ci95_by_hand():
+    finals = [{"exp": "x", "seed": s, "wall_s": 1.0, "env_steps": 0, "updates": 0,
+               "val": {"full": {"hr@1": v}}, "test": {"full": {"hr@1": v}}} for s, v in enumerate([0.1, 0.2, 0.3])]
+    agg = aggregate_seeds(finals)
+    assert agg["test"]["full"]["hr@1"] == pytest.approx(0.2)
+    # sd = 0.1, n = 3: half-width = t(0.975, 2) * 0.1 / sqrt(3) = 4.303 * 0.057735
+    assert agg["test_ci95"]["full"]["hr@1"] == pytest.approx(4.303 * 0.1 / np.sqrt(3))
+    assert t975(40) == 1.96 and t975(11) == 2.228
+
+
+def test_cli_subprocess_prints_no_traceback(tmp_path):
+    res = subprocess.run([sys.executable, "experiments/run.py", "--exp=popularity", "--set", "bogus=1",
+                          "--run-dir", str(tmp_path / "r")], cwd=REPO, capture_output=True, text=True)
+    assert res.returncode == 2
+    assert res.stderr.startswith("error: --set bogus: unknown key") and "Traceback" not in res.stderr
