@@ -32,7 +32,7 @@ import numpy as np
 from data_prep.common import load_prepared
 from jaxrec import config as C
 from jaxrec.data.interactions import Interactions
-from jaxrec.data.splits import Split, eval_view, make_split
+from jaxrec.data.splits import EvalView, Split, eval_view, make_split
 from jaxrec.errors import ConfigError, InputError
 from jaxrec.eval.protocols import ScoreFn, full_ranking
 
@@ -67,8 +67,13 @@ class Trainer(Protocol):
     def train(self, state: Any, n_steps: int) -> tuple[Any, dict[str, float]]:
         """Runs ``n_steps`` steps (one jitted chunk) and returns mean losses over them."""
 
-    def score_fn(self, state: Any) -> ScoreFn:
-        """``(users [B], context_mask [B, I]) -> scores [B, I]`` for the ``full`` protocol."""
+    def score_fn(self, state: Any, view: EvalView) -> ScoreFn:
+        """``(users [B], context_mask [B, I]) -> scores [B, I]`` for the ``full`` protocol.
+
+        ``view`` holds the part's visible history rows (``view.context``), so a sequence model can
+        build each user's input; the mask already marks the same items. A trainer may instead define
+        ``evaluate_<protocol>(state, view, part) -> (metrics, n_users)`` to replace a protocol.
+        """
 
     def counters(self, state: Any) -> dict[str, int]:
         """``env_steps`` and ``updates`` done so far."""
@@ -96,12 +101,14 @@ def evaluate(trainer: Trainer, state, data: Dataset, cfg: C.Config, part: str) -
     view = eval_view(data.inter, data.split, part, cfg.data.split.heldout_visible)
     results, users = {}, {}
     for protocol in cfg.eval.protocols:
-        if protocol == "full":
+        custom = getattr(trainer, f"evaluate_{protocol}", None)
+        if custom is not None:
+            results[protocol], users[protocol] = custom(state, view, part)
+        elif protocol == "full":
             results[protocol], users[protocol] = full_ranking(
-                trainer.score_fn(state), data.inter, view, data.relevant_threshold, cfg.eval.ks, cfg.eval.batch_users)
+                trainer.score_fn(state, view), data.inter, view, data.relevant_threshold, cfg.eval.ks, cfg.eval.batch_users)
         else:
-            fn = getattr(trainer, f"evaluate_{protocol}")
-            results[protocol], users[protocol] = fn(state, view, part)
+            raise ConfigError("eval.protocols", f"{type(trainer).__name__} has no evaluate_{protocol}")
     return results, users
 
 

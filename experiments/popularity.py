@@ -32,7 +32,7 @@ class PopularityTrainer:
     def train(self, state, n_steps):
         return state, {}
 
-    def score_fn(self, state):
+    def score_fn(self, state, view):
         item_scores = state["item_scores"]
         return lambda users, context: broadcast_scores(item_scores, context)
 

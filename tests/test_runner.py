@@ -131,7 +131,7 @@ class ToyTrainer:
             raise Interrupt
         return _toy_chunk(state, self.counts, n_steps)
 
-    def score_fn(self, state):
+    def score_fn(self, state, view):
         return lambda users, context: broadcast_scores(state["w"], context)
 
     def counters(self, state):
