@@ -5,6 +5,14 @@ visible history (``EvalView.context``); relevant = the user's target interaction
 >= ``relevant_threshold``. Users with no relevant target are left out (their recall/NDCG is undefined).
 Scores come from ``score_fn(users, context_mask) -> [B, I]``; users are processed in fixed-size
 batches (the last one padded) so ``topk_metrics`` compiles once.
+
+``drr`` (the DRR seed's offline protocol, SEEDS_SPEC.md A6, made leak-free): each evaluated user's
+state is ``n_state`` items of the visible history (held-out users: their first ``n_state`` items; temporal
+splits: the last ``n_state`` visible items); users with fewer visible items are skipped. The agent makes
+ONE top-K recommendation from that state over every item except the ``n_state`` state items (the seed's
+candidate set: other visible items are NOT excluded, as in the seed). Relevant = the user's target
+items with rating >= the threshold. Reported: precision@K and NDCG@K with binary relevance and the true
+ideal DCG; ``ideal="k"`` reproduces the seed's variant whose ideal DCG assumes K relevant items.
 """
 from __future__ import annotations
 
@@ -15,7 +23,7 @@ import numpy as np
 
 from jaxrec.data.interactions import Interactions
 from jaxrec.data.splits import EvalView
-from jaxrec.eval.metrics import topk_metrics
+from jaxrec.eval.metrics import ideal_dcg, topk_metrics
 
 ScoreFn = Callable[[np.ndarray, jnp.ndarray], jnp.ndarray]
 
@@ -34,8 +42,13 @@ def rows_to_mask(batch_users: np.ndarray, row_user: np.ndarray, row_item: np.nda
 
 
 def full_ranking(score_fn: ScoreFn, inter: Interactions, view: EvalView, relevant_threshold: float,
-                 ks: tuple[int, ...], batch_users: int = 1024) -> tuple[dict[str, float], int]:
-    """Mean metrics of the ``full`` protocol and the number of users they average over."""
+                 ks: tuple[int, ...], batch_users: int = 1024, ideal: str = "true") -> tuple[dict[str, float], int]:
+    """Mean metrics of the ``full`` protocol and the number of users they average over.
+
+    ``ideal="k"`` rescales NDCG@K to the seed's variant: DCG / IDCG(K), i.e. as if K items were relevant.
+    """
+    if ideal not in ("true", "k"):
+        raise ValueError(f"ideal must be 'true' or 'k', got {ideal!r}")
     target = view.target[inter.rating[view.target] >= relevant_threshold]
     users = np.unique(inter.user[target])
     ctx_user, ctx_item = inter.user[view.context], inter.item[view.context]
@@ -55,6 +68,10 @@ def full_ranking(score_fn: ScoreFn, inter: Interactions, view: EvalView, relevan
             relevant = np.concatenate([relevant, np.repeat(relevant[-1:], batch_users - n_real, 0)])
         scores = score_fn(padded, jnp.asarray(context))
         per_user = topk_metrics(scores, jnp.asarray(relevant), jnp.asarray(context), ks)
+        if ideal == "k":
+            n_rel = (relevant & ~context).sum(1)
+            for k in ks:
+                per_user[f"ndcg@{k}"] = per_user[f"ndcg@{k}"] * ideal_dcg(n_rel, k) / ideal_dcg(np.full_like(n_rel, k), k)
         for name, values in per_user.items():
             v = np.asarray(values, np.float64)[:n_real]
             ok = ~np.isnan(v)
@@ -62,3 +79,29 @@ def full_ranking(score_fn: ScoreFn, inter: Interactions, view: EvalView, relevan
             counts[name] = counts.get(name, 0) + int(ok.sum())
     means = {name: sums[name] / counts[name] if counts[name] else float("nan") for name in sorted(sums)}
     return means, int(len(users))
+
+
+def state_rows(inter: Interactions, view: EvalView, n_state: int, heldout_users: bool) -> EvalView:
+    """The view restricted to each user's ``n_state`` state rows (users with fewer are dropped).
+
+    Held-out users: their first ``n_state`` visible rows (the seed's "first 10 items"). Temporal splits:
+    the last ``n_state`` visible rows (the most recent history is the state).
+    """
+    ctx = view.context
+    counts = np.bincount(inter.user[ctx], minlength=inter.n_users)
+    # Rank of each row among its user's context rows (ctx is sorted by (user, order)).
+    pos = np.arange(len(ctx)) - np.searchsorted(inter.user[ctx], inter.user[ctx])
+    keep = pos < n_state if heldout_users else pos >= counts[inter.user[ctx]] - n_state
+    users = view.users[counts[view.users] >= n_state]
+    ctx = ctx[keep & np.isin(inter.user[ctx], users)]
+    target = view.target[np.isin(inter.user[view.target], users)]
+    return EvalView(users=users, context=ctx, target=target)
+
+
+def drr_protocol(score_fn: ScoreFn, inter: Interactions, view: EvalView, relevant_threshold: float,
+                 n_state: int, heldout_users: bool, ks: tuple[int, ...] = (5, 10), ideal: str = "true",
+                 batch_users: int = 1024) -> tuple[dict[str, float], int]:
+    """The ``drr`` protocol (module docstring): precision@K and NDCG@K of one top-K step per user."""
+    sv = state_rows(inter, view, n_state, heldout_users)
+    means, n_users = full_ranking(score_fn, inter, sv, relevant_threshold, ks, batch_users, ideal)
+    return {k: v for k, v in means.items() if k.startswith(("precision@", "ndcg@"))}, n_users
