@@ -173,37 +173,80 @@ class Source:
 
 # ----------------------------------------------------------------------------------------------------
 # Reading tables with useful errors
+#
+# Line numbers: frames from ``read_delimited`` keep one index label per physical row, blank rows
+# included (they are dropped after parsing, their labels are not reused), so positional row ``i`` is
+# on file line ``df.index[i] + header_lines + 1``. ``header_lines`` is 1 for a file with a header
+# row, 0 without, and -1 for inputs without lines (npz, parquet), where errors name the row instead.
 
-_LINE_RE = re.compile(r"line (\d+)")
+_PARSER_RE = re.compile(r"Expected (\d+) fields in line (\d+), saw (\d+)")
+
+
+def file_line(df: pd.DataFrame, i: int, header_lines: int) -> int | None:
+    """1-based file line of positional row ``i`` of ``df`` (None for inputs without lines)."""
+    return int(df.index[i]) + header_lines + 1 if header_lines >= 0 else None
+
+
+def row_location(df: pd.DataFrame, i: int, header_lines: int) -> tuple[dict, str]:
+    """(InputError kwargs, message suffix) locating positional row ``i``: a line, or a row index."""
+    if header_lines >= 0:
+        return {"line": file_line(df, i, header_lines)}, ""
+    return {}, f" at row {int(df.index[i])}"
 
 
 def read_delimited(data, label: str, sep: str, names=None, header=True, encoding="utf-8",
                    usecols=None, dtype=None) -> pd.DataFrame:
-    """``pd.read_csv`` (C engine) turning parser failures into ``InputError`` with a line number."""
+    """``pd.read_csv`` (C engine) turning parser failures into ``InputError`` with a line number.
+
+    Blank lines are skipped, but their rows are counted (see ``file_line``). A row with more fields
+    than the header/``names`` is an error on its line (pandas would otherwise drop the extra fields or,
+    on the first row, silently turn the first column into the index).
+    """
+    empty = "file is empty, expected a header and rows" if header else "file is empty, expected rows"
     if isinstance(data, bytes):
         if not data.strip():
-            raise InputError(label, "file is empty, expected a header and rows" if header else "file is empty, expected rows")
+            raise InputError(label, empty)
         data = io.BytesIO(data)
     elif isinstance(data, (str, os.PathLike)) and os.path.getsize(data) == 0:
-        raise InputError(label, "file is empty, expected a header and rows" if header else "file is empty, expected rows")
+        raise InputError(label, empty)
+    header_lines = 1 if header else 0
     try:
-        return pd.read_csv(
-            data, sep=sep, header=0 if header else None, names=names, encoding=encoding, usecols=usecols,
-            dtype=dtype, engine="c", skipinitialspace=False, keep_default_na=True, low_memory=False,
-        )
+        with warnings.catch_warnings():
+            # With index_col=False pandas only *warns* when the first data row has too many fields.
+            warnings.simplefilter("error", pd.errors.ParserWarning)
+            df = pd.read_csv(
+                data, sep=sep, header=0 if header else None, names=names, encoding=encoding, usecols=usecols,
+                dtype=dtype, engine="c", index_col=False, skip_blank_lines=False, skipinitialspace=False,
+                keep_default_na=True, low_memory=False,
+            )
+    except pd.errors.ParserWarning:
+        expected = f"{len(names)} fields" if names is not None else "as many fields as the header"
+        raise InputError(label, f"malformed row: too many fields, expected {expected}", line=header_lines + 1) from None
     except pd.errors.EmptyDataError:
-        raise InputError(label, "file is empty, expected a header and rows") from None
+        raise InputError(label, empty) from None
     except pd.errors.ParserError as e:
-        m = _LINE_RE.search(str(e))
-        msg = str(e).split("C error: ")[-1].strip()
-        raise InputError(label, f"malformed row: {msg}", line=int(m.group(1)) if m else None) from None
+        m = _PARSER_RE.search(str(e))
+        if m:
+            raise InputError(label, f"malformed row: {m.group(3)} fields, expected {m.group(1)}", line=int(m.group(2))) from None
+        raise InputError(label, f"malformed file: {str(e).split('C error: ')[-1].strip()}") from None
     except UnicodeDecodeError as e:
         raise InputError(label, f"not valid {encoding} text ({e.reason} at byte {e.start})") from None
     except ValueError as e:
         # usecols naming a column the header lacks
         raise InputError(label, str(e)) from None
-    except (zipfile.BadZipFile, EOFError) as e:
+    except ZIP_ERRORS as e:
         raise InputError(label, f"cannot read ({e}); the archive may be corrupt") from None
+    if len(df.columns) and len(df):
+        # A blank line is a row with every field missing; checking the first column first keeps this
+        # a single cheap pass on clean files.
+        first_na = df.iloc[:, 0].isna().to_numpy()
+        if first_na.any():
+            cand = df.loc[first_na]
+            df = df.drop(index=cand.index[cand.isna().all(axis=1).to_numpy()])
+    if len(df) == 0:
+        # Without a header, no rows means nothing but blank lines (pandas may not raise EmptyDataError).
+        raise InputError(label, "file has no data rows, expected rows after the header" if header else empty)
+    return df
 
 
 def require_columns(df: pd.DataFrame, cols, label: str):
@@ -213,29 +256,31 @@ def require_columns(df: pd.DataFrame, cols, label: str):
 
 
 def numeric_column(df: pd.DataFrame, col: str, label: str, header_lines: int, integer: bool = False) -> np.ndarray:
-    """Column ``col`` as a numeric array; a missing or non-numeric value is an error naming its line.
+    """Column ``col`` as a numeric array; a missing, non-numeric or infinite value is an error naming its line.
 
-    ``header_lines`` is the number of file lines before the first data row (so row i is on line
-    ``i + header_lines + 1``); pass -1 for inputs without lines (npz, parquet): the error then names
-    the row index instead.
+    ``header_lines`` as for ``file_line``; pass -1 for inputs without lines (npz, parquet): the error
+    then names the row index instead.
     """
     s = df[col]
     values = s if pd.api.types.is_numeric_dtype(s.dtype) else pd.to_numeric(s, errors="coerce")
+    arr = values.to_numpy()
     bad = values.isna().to_numpy()
+    if arr.dtype.kind == "f":
+        bad = bad | ~np.isfinite(arr)  # not |=: pandas may hand back a read-only array
     if bad.any():
         i = int(np.argmax(bad))
         raw = s.iloc[i]
         what = "a missing value" if pd.isna(raw) or str(raw).strip() == "" else f"non-numeric value {str(raw)!r}"
-        where = {"line": i + header_lines + 1} if header_lines >= 0 else {}
-        suffix = "" if header_lines >= 0 else f" at row {i}"
+        where, suffix = row_location(df, i, header_lines)
         raise InputError(label, f"column {col!r} has {what}{suffix}, expected a number", **where)
-    arr = values.to_numpy()
     if integer and arr.dtype.kind == "f":
         frac = arr != np.floor(arr)
         if frac.any():
             i = int(np.argmax(frac))
-            where = {"line": i + header_lines + 1} if header_lines >= 0 else {}
-            raise InputError(label, f"column {col!r} has non-integer value {arr[i]!r}, expected an integer", **where)
+            where, suffix = row_location(df, i, header_lines)
+            raise InputError(label, f"column {col!r} has non-integer value {arr[i]!r}{suffix}, expected an integer", **where)
+        arr = arr.astype(np.int64)
+    elif integer and arr.dtype.kind == "b":
         arr = arr.astype(np.int64)
     return arr
 

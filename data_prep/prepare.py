@@ -14,18 +14,21 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
+import re
 import sys
 import time
 import urllib.error
 import urllib.request
+import warnings
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from data_prep.common import (FORMAT_VERSION, Source, atomic_dir, check_digest, cli_main, file_digest,
-                              numeric_column, read_delimited, require_columns)
+from data_prep.common import (FORMAT_VERSION, Source, atomic_dir, check_digest, cli_main, file_digest, file_line,
+                              numeric_column, read_delimited, require_columns, row_location)
 from jaxrec.data.preprocess import DEDUP_POLICIES, Raw, clean
 from jaxrec.errors import InputError
 
@@ -85,17 +88,47 @@ def fetch_movielens(variant: str) -> Path:
     return dest
 
 
-def _split_double_colon(data: bytes, label: str, names, encoding: str) -> pd.DataFrame:
-    """Reads a MovieLens ``::``-separated file whose last field may itself contain ':' (titles)."""
+def _decode_text(data: bytes) -> str:
+    """MovieLens metadata text: UTF-8 where it is valid (ml-10m and later), else Latin-1 (ml-100k/1m).
+
+    Pure ASCII reads the same either way, and Latin-1 accepts any byte, so this never fails.
+    """
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        return data.decode("latin-1")
+
+
+def _split_double_colon(data: bytes, label: str, names, text_field: int | None = None) -> pd.DataFrame:
+    """Reads a small MovieLens ``::``-separated metadata file (movies.dat, users.dat) into string columns.
+
+    ``text_field`` is the index of a free-text field (a title) that may itself contain ':' or even
+    '::': the fields before it are split off from the left and those after it from the right, so a
+    title like ``Foo:`` (``1::Foo:::Drama``) stays whole. Without one, a row must have exactly
+    ``len(names)`` fields.
+    """
     if not data.strip():
         raise InputError(label, "file is empty, expected rows")
-    text = data.decode(encoding)
-    lines = pd.Series(text.splitlines())
-    lines = lines[lines.str.strip() != ""]
-    parts = lines.str.split("::", n=len(names) - 1, expand=True)
-    if parts.shape[1] != len(names) or parts.iloc[:, -1].isna().any():
-        bad = int(np.argmax(parts.isna().any(axis=1).to_numpy())) if parts.shape[1] == len(names) else 0
-        raise InputError(label, f"expected {len(names)} '::'-separated fields", line=int(lines.index[bad]) + 1)
+    # split("\n") rather than splitlines(): Latin-1 byte 0x85 decodes to U+0085, which splitlines()
+    # would treat as a line break inside a title.
+    lines = pd.Series(_decode_text(data).split("\n")).str.rstrip("\r")
+    lines = lines[lines.str.strip() != ""]  # the index keeps the 0-based line number
+    n = len(names)
+    if text_field is None:
+        parts = lines.str.split("::", n=n, expand=True).reindex(columns=range(n + 1))
+        bad = parts.iloc[:, :n].isna().any(axis=1).to_numpy() | parts[n].notna().to_numpy()
+        parts = parts.iloc[:, :n]
+    else:
+        left = lines.str.split("::", n=text_field, expand=True).reindex(columns=range(text_field + 1))
+        # "string" dtype: a column of only missing values would be float, without a .str accessor.
+        right = left[text_field].astype("string").str.rsplit("::", n=n - text_field - 1, expand=True)
+        right = right.reindex(columns=range(n - text_field))
+        parts = pd.concat([left.iloc[:, :text_field], right], axis=1, ignore_index=True)
+        bad = parts.isna().any(axis=1).to_numpy()
+    if bad.any():
+        i = int(np.argmax(bad))
+        raise InputError(label, f"malformed row: expected {n} '::'-separated fields ({'::'.join(names)})",
+                         line=int(lines.index[i]) + 1)
     parts.columns = list(names)
     return parts.reset_index(drop=True)
 
@@ -103,8 +136,19 @@ def _split_double_colon(data: bytes, label: str, names, encoding: str) -> pd.Dat
 def _read_ratings_double_colon(src: Source, handle: str) -> pd.DataFrame:
     # '::' would force pandas' slow python engine; splitting on ':' with the C engine and keeping the
     # even fields is exact for these all-numeric rows, and ~20x faster on ml-10m.
+    label = src.label(handle)
+    expected = "expected 4 '::'-separated fields (user::item::rating::timestamp)"
     with src.open(handle) as f:
-        df = read_delimited(f, src.label(handle), sep=":", header=False, names=list(range(7)))
+        try:
+            df = read_delimited(f, label, sep=":", header=False, names=list(range(7)))
+        except InputError as e:
+            if e.message.startswith("malformed row"):  # pandas counts ':'-fields; say it in '::' terms
+                raise InputError(e.where, f"malformed row: {expected}", line=e.line) from None
+            raise
+    # Odd fields sit between the two ':' of a '::'; a value there means a single ':' or a missing field.
+    stray = df[[1, 3, 5]].notna().any(axis=1).to_numpy()
+    if stray.any():
+        raise InputError(label, f"malformed row: {expected}", line=file_line(df, int(np.argmax(stray)), 0))
     df = df[[0, 2, 4, 6]]
     df.columns = ["user", "item", "rating", "timestamp"]
     return df
@@ -124,7 +168,7 @@ def read_movielens(variant: str, src: Source):
             used.append(hi)
             it = read_delimited(src.read_bytes(hi), src.label(hi), sep="|", header=False, encoding="latin-1",
                                 names=["original_id", "title", "release", "video", "url", *ML100K_GENRES])
-            flags = it[list(ML100K_GENRES)].to_numpy(bool)
+            flags = it[list(ML100K_GENRES)].fillna(0).to_numpy(bool)  # NaN would count as a genre
             names = np.array(ML100K_GENRES, dtype=object)
             it["genres"] = ["|".join(names[row]) for row in flags]  # 1,682 rows: metadata, not a hot path
             items = it[["original_id", "title", "genres"]]
@@ -140,10 +184,10 @@ def read_movielens(variant: str, src: Source):
         items = users = None
         if (hm := src.find("movies.dat", required=False)) is not None:
             used.append(hm)
-            items = _split_double_colon(src.read_bytes(hm), src.label(hm), ["original_id", "title", "genres"], "latin-1")
+            items = _split_double_colon(src.read_bytes(hm), src.label(hm), ["original_id", "title", "genres"], text_field=1)
         if variant == "ml-1m" and (hu := src.find("users.dat", required=False)) is not None:
             used.append(hu)
-            users = _split_double_colon(src.read_bytes(hu), src.label(hu), ["original_id", "gender", "age", "occupation", "zip"], "latin-1")
+            users = _split_double_colon(src.read_bytes(hu), src.label(hu), ["original_id", "gender", "age", "occupation", "zip"])
     elif variant in ("ml-20m", "ml-25m"):
         h = src.find("ratings.csv")
         used.append(h)
@@ -156,7 +200,9 @@ def read_movielens(variant: str, src: Source):
         items = None
         if (hm := src.find("movies.csv", required=False)) is not None:
             used.append(hm)
-            items = read_delimited(src.read_bytes(hm), src.label(hm), sep=",").rename(columns={"movieId": "original_id"})
+            items = read_delimited(src.read_bytes(hm), src.label(hm), sep=",")
+            require_columns(items, ["movieId"], src.label(hm))
+            items = items.rename(columns={"movieId": "original_id"})
     else:
         raise InputError("--variant", f"unknown variant {variant!r}, expected one of {sorted(MOVIELENS_MD5)}")
     raw = Raw(
@@ -165,7 +211,7 @@ def read_movielens(variant: str, src: Source):
         rating=numeric_column(df, "rating", label, header_lines).astype(np.float32),
         order=numeric_column(df, "timestamp", label, header_lines, integer=True),
     )
-    _check_range(raw.rating, 0.5, 5.0, "rating", label, header_lines)
+    _check_range(raw.rating, 0.5, 5.0, "rating", label, df, header_lines)
     if items is not None:
         items["original_id"] = pd.to_numeric(items["original_id"], errors="coerce")
         items = items.dropna(subset=["original_id"]).astype({"original_id": np.int64})
@@ -175,11 +221,12 @@ def read_movielens(variant: str, src: Source):
     return raw, items, users, used
 
 
-def _check_range(values, lo, hi, col, label, header_lines):
+def _check_range(values, lo, hi, col, label, df, header_lines):
     bad = (values < lo) | (values > hi)
     if bad.any():
         i = int(np.argmax(bad))
-        raise InputError(label, f"column {col!r} has value {values[i]:g} outside [{lo:g}, {hi:g}]", line=i + header_lines + 1)
+        raise InputError(label, f"column {col!r} has value {values[i]:g}, expected a value in [{lo:g}, {hi:g}]",
+                         line=file_line(df, i, header_lines))
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -187,20 +234,30 @@ def _check_range(values, lo, hi, col, label, header_lines):
 
 
 def parse_weights(text: str) -> dict[str, float]:
+    """``view=1,addtocart=3`` -> {"view": 1.0, "addtocart": 3.0}; the order fixes the event codes."""
     weights = {}
     for part in text.split(","):
         name, sep, value = part.partition("=")
+        name = name.strip()
         try:
-            if not sep or not name.strip():
+            if not sep or not name:
                 raise ValueError
-            weights[name.strip()] = float(value)
+            w = float(value)
+            if not np.isfinite(w):  # float() accepts 'nan' and 'inf', which are no reward
+                raise ValueError
         except ValueError:
             raise InputError("--weights", f"{part!r} is not NAME=NUMBER; expected e.g. {DEFAULT_WEIGHTS}") from None
+        if name in weights:
+            raise InputError("--weights", f"event type {name!r} is given twice; expected each type once")
+        weights[name] = w
+    if len(weights) > 127:  # codes are stored as int8
+        raise InputError("--weights", f"{len(weights)} event types, expected at most 127")
     return weights
 
 
 def read_events(src: Source, weights: dict[str, float]):
-    h = src.find(src.path.name) if src.zip is None else src.find("events.csv")
+    # A single file may have any name; in a zip or a directory look for the RetailRocket name.
+    h = src.find("events.csv") if (src.zip is not None or src.path.is_dir()) else src.find(src.path.name)
     label = src.label(h)
     with src.open(h) as f:
         df = read_delimited(f, label, sep=",")
@@ -208,13 +265,15 @@ def read_events(src: Source, weights: dict[str, float]):
     event = df["event"].astype("string").str.strip()
     missing = event.isna().to_numpy()
     if missing.any():
-        raise InputError(label, "column 'event' has a missing value, expected one of " + ", ".join(weights), line=int(np.argmax(missing)) + 2)
+        raise InputError(label, "column 'event' has a missing value, expected one of " + ", ".join(weights),
+                         line=file_line(df, int(np.argmax(missing)), 1))
     types = list(weights)
-    codes = pd.Categorical(event, categories=types).codes
+    codes = pd.Index(types).get_indexer(event)  # -1 marks a type not in --weights
     unknown = codes < 0
     if unknown.any():
         i = int(np.argmax(unknown))
-        raise InputError(label, f"unknown event type {event.iloc[i]!r}, expected one of {', '.join(types)} (set --weights)", line=i + 2)
+        raise InputError(label, f"unknown event type {event.iloc[i]!r}, expected one of {', '.join(types)} (set --weights)",
+                         line=file_line(df, i, 1))
     reward = np.asarray([weights[t] for t in types], np.float32)[codes]
     raw = Raw(
         user=numeric_column(df, "visitorid", label, 1, integer=True),
@@ -246,13 +305,19 @@ def read_any_table(path: Path) -> tuple[pd.DataFrame, str, int]:
             raise InputError(label, "file is empty, expected named arrays")
         lengths = {k: len(v) for k, v in cols.items() if v.ndim == 1}
         if len(set(lengths.values())) > 1:
-            raise InputError(label, f"arrays differ in length: {lengths}")
-        return pd.DataFrame({k: v for k, v in cols.items() if v.ndim == 1}), label, -1
-    if suffix in (".parquet", ".pq"):
+            raise InputError(label, f"arrays differ in length: {lengths}, expected equal lengths")
+        df = pd.DataFrame({k: v for k, v in cols.items() if v.ndim == 1})
+    elif suffix in (".parquet", ".pq"):
         try:
-            return pd.read_parquet(path), label, -1
+            df = pd.read_parquet(path)
         except Exception as e:
             raise InputError(label, f"not a readable parquet file ({e})") from None
+    else:
+        df = None
+    if df is not None:
+        if len(df) == 0:
+            raise InputError(label, "table has no rows, expected one row per interaction")
+        return df, label, -1
     sep = {".csv": ",", ".tsv": "\t", ".tab": "\t", ".txt": "\t"}.get(suffix)
     if sep is None:
         raise InputError(label, f"unknown table format {suffix!r}, expected .csv, .tsv, .parquet or .npz")
@@ -260,20 +325,33 @@ def read_any_table(path: Path) -> tuple[pd.DataFrame, str, int]:
 
 
 def _time_column(df, col, label, header_lines) -> np.ndarray:
+    """Unix seconds from numbers, datetime columns (parquet/npz) or date-time strings.
+
+    Strings are read as ISO 8601 (mixed precision and offsets allowed), else in the one format pandas
+    infers from the first value; times without an offset are taken as UTC.
+    """
     s = df[col]
-    if pd.api.types.is_datetime64_any_dtype(s.dtype):
-        return s.astype("datetime64[s]").astype(np.int64).to_numpy()
     if pd.api.types.is_numeric_dtype(s.dtype):
         return numeric_column(df, col, label, header_lines, integer=True)
-    parsed = pd.to_datetime(s, errors="coerce", utc=True)
+    if pd.api.types.is_datetime64_any_dtype(s.dtype):
+        parsed = s if s.dt.tz is None else s.dt.tz_convert("UTC").dt.tz_localize(None)
+    else:
+        parsed = pd.to_datetime(s, errors="coerce", utc=True, format="ISO8601")
+        if parsed.isna().all():
+            with warnings.catch_warnings():  # "could not infer format": the error below says what to do
+                warnings.simplefilter("ignore", UserWarning)
+                parsed = pd.to_datetime(s, errors="coerce", utc=True)
+        if parsed.isna().all() and s.notna().any():
+            return numeric_column(df, col, label, header_lines, integer=True)  # names the first bad value
+        parsed = parsed.dt.tz_localize(None)
     bad = parsed.isna().to_numpy()
-    if bad.all():
-        return numeric_column(df, col, label, header_lines, integer=True)
     if bad.any():
         i = int(np.argmax(bad))
-        where = {"line": i + header_lines + 1} if header_lines >= 0 else {}
-        raise InputError(label, f"column {col!r} has {str(s.iloc[i])!r}, expected a number or a date-time", **where)
-    return (parsed.astype("datetime64[s, UTC]").astype(np.int64)).to_numpy()
+        raw = s.iloc[i]
+        what = "a missing value" if pd.isna(raw) or str(raw).strip() == "" else repr(str(raw))
+        where, suffix = row_location(df, i, header_lines)
+        raise InputError(label, f"column {col!r} has {what}{suffix}, expected a number or an ISO 8601 date-time", **where)
+    return parsed.astype("datetime64[s]").astype(np.int64).to_numpy()
 
 
 def read_table(args):
@@ -281,10 +359,11 @@ def read_table(args):
     cols = [args.user_col, args.item_col] + [c for c in (args.rating_col, args.time_col, args.order_col) if c]
     require_columns(df, cols, label)
     for col in (args.user_col, args.item_col):
-        if df[col].isna().any():
-            i = int(np.argmax(df[col].isna().to_numpy()))
-            where = {"line": i + header_lines + 1} if header_lines >= 0 else {}
-            raise InputError(label, f"column {col!r} has a missing value, expected an id", **where)
+        missing = df[col].isna().to_numpy()
+        if missing.any():
+            i = int(np.argmax(missing))
+            where, suffix = row_location(df, i, header_lines)
+            raise InputError(label, f"column {col!r} has a missing value{suffix}, expected an id", **where)
     rating = (numeric_column(df, args.rating_col, label, header_lines).astype(np.float32)
               if args.rating_col else np.ones(len(df), np.float32))
     if args.time_col:
@@ -304,7 +383,7 @@ def read_items_file(path: Path) -> pd.DataFrame:
     if not path.is_file():
         raise InputError(path, "no such file")
     if path.suffix.lower() == ".dat":
-        items = _split_double_colon(path.read_bytes(), str(path), ["original_id", "title", "genres"], "latin-1")
+        items = _split_double_colon(path.read_bytes(), str(path), ["original_id", "title", "genres"], text_field=1)
     else:
         items, _, _ = read_any_table(path)
         lower = {c.lower(): c for c in map(str, items.columns)}
@@ -322,6 +401,7 @@ def _match_ids(uniques: np.ndarray, frame: pd.DataFrame | None) -> pd.DataFrame 
     """Rows of ``frame`` aligned to dense ids (original ids compared as strings if types differ)."""
     if frame is None:
         return None
+    frame = frame.loc[frame["original_id"].notna().to_numpy()]  # a row without an id matches nothing
     key = frame["original_id"]
     if uniques.dtype.kind in "iu" and pd.api.types.is_numeric_dtype(key.dtype):
         index = pd.Index(key.astype(np.int64))
@@ -367,8 +447,19 @@ def write_output(out, name, cols, user_uniques, item_uniques, items, users, meta
 # CLI
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse whose errors raise ``InputError``: a bad flag then gives the same single line
+    ``error: --flag: ...`` and exit status 2 as bad data, instead of usage text plus an error line."""
+
+    def error(self, message):
+        m = re.match(r"argument ([^:]+): (.*)", message, re.S)
+        if m:
+            raise InputError(m.group(1), m.group(2))
+        raise InputError(self.prog, message)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="prepare.py", description=__doc__.split("\n\n")[0])
+    p = _Parser(prog="prepare.py", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="source", required=True)
 
     def shared(sp, dedup_default, threshold_default):
@@ -408,22 +499,32 @@ def build_parser() -> argparse.ArgumentParser:
 def prepare(argv) -> dict:
     args = build_parser().parse_args(argv)
     t0 = time.perf_counter()
+    if args.positive_threshold is not None and not math.isfinite(args.positive_threshold):
+        raise InputError("--positive-threshold", f"{args.positive_threshold} is not a finite number")
+    # Flags are checked before any file is read, so a bad flag is reported as such.
+    weights = parse_weights(args.weights) if args.source == "events" else None
     src_path = getattr(args, "src", None)
     if args.sha256 and src_path:
+        if not Path(src_path).exists():
+            raise InputError(src_path, "no such file or directory")
         if not Path(src_path).is_file():
-            raise InputError(src_path, "--sha256 needs --src to be a single file")
+            raise InputError(src_path, "--sha256 needs --src to be a single file, not a directory")
         check_digest(src_path, args.sha256)
     items = users = None
     meta_extra = {}
     if args.source == "movielens":
-        src = Source(src_path if src_path else fetch_movielens(args.variant))
+        archive = src_path
+        if not src_path:
+            archive = fetch_movielens(args.variant)
+            if args.sha256:  # besides the md5 of the official archive
+                check_digest(archive, args.sha256)
+        src = Source(archive)
         raw, items, users, used = read_movielens(args.variant, src)
         sources = src.record(used)
         meta_extra["order_kind"] = "timestamp"
         threshold = args.positive_threshold
     elif args.source == "events":
         src = Source(src_path)
-        weights = parse_weights(args.weights)
         raw, types, used = read_events(src, weights)
         sources = src.record(used)
         meta_extra.update(order_kind="timestamp", event_types=types, event_weights=weights)

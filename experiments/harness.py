@@ -214,7 +214,7 @@ def run_single(exp: Experiment, cfg: C.Config, run_dir: Path, data: Dataset, pro
     trainer = exp.make_trainer(cfg, data)
     state = trainer.init(jax.random.key(cfg.seed))
     tc = cfg.train
-    ckpt = _ckpt_tree(state, state, 0, 0.0, 0, -np.inf)
+    ckpt = _ckpt_tree(state, _copy_tree(state), 0, 0.0, 0, -np.inf)
     manager = Checkpoints(rd.ckpt_dir)
     try:
         latest = manager.latest()
@@ -237,7 +237,8 @@ def run_single(exp: Experiment, cfg: C.Config, run_dir: Path, data: Dataset, pro
             progress(f"step {step}: val {_short(val)}")
             v = selection_value(val, cfg)
             if v > best_val or not math.isfinite(best_val):
-                return state, v
+                # A copy: trainers may donate `state` to the next jitted chunk, invalidating its buffers.
+                return _copy_tree(state), v
             return best, best_val
 
         if tc.steps == 0 and latest is None:
@@ -271,6 +272,10 @@ def run_single(exp: Experiment, cfg: C.Config, run_dir: Path, data: Dataset, pro
     write_plots(rd)
     progress(f"test {_short(test)}")
     return final
+
+
+def _copy_tree(tree):
+    return jax.tree.map(lambda x: x.copy() if hasattr(x, "copy") else x, tree)
 
 
 def _ckpt_tree(state, best, step, wall_s, n_lines, best_val) -> dict:

