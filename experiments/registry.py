@@ -1,7 +1,7 @@
 """Experiment registry: name -> ``Experiment`` (config factory, trainer factory, --quick overrides)."""
 from __future__ import annotations
 
-from experiments import popularity
+from experiments import ddpg, popularity, sequential
 from experiments.harness import Experiment
 
 EXPERIMENTS: dict[str, Experiment] = {}
@@ -21,3 +21,5 @@ register(Experiment(
     make_trainer=popularity.make_trainer,
     quick=("eval.batch_users=256",),
 ))
+register(ddpg.EXPERIMENT)
+for _exp in sequential.EXPERIMENTS: register(_exp)

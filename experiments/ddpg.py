@@ -1,0 +1,183 @@
+"""``ddpg_id``: DRR (Liu et al. 2018) trained by DDPG over the offline simulator, ID embeddings.
+
+Pipeline, all on the training part only (``train_view``):
+  1. MF pretraining of user/item embeddings (``jaxrec.embed.mf``, the seed's bce recipe, dim 100);
+  2. a simulator replaying the training users' ratings (``jaxrec.envs.simulator``);
+  3. DDPG with prioritized replay (``jaxrec.rl.ddpg``); the loop runs in jitted ``lax.scan`` chunks.
+Evaluation: protocol ``drr`` (the seed's one-step top-10 from each held-out user's first 10 items) and
+``full`` (rank every item outside the visible history). A user the MF fit never saw (held-out users)
+gets its vector by fold-in from the items the protocol shows (the state items for ``drr``, the visible
+history for ``full``); its targets are never seen.
+
+The harness state is ``{"agent": ddpg.TrainingState, "mf": MFParams}``: one pytree, so checkpoints hold
+everything needed to recommend (``experiments/recommend.py``).
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from experiments.harness import Experiment
+from jaxrec import config as C
+from jaxrec.data.splits import EvalView, train_view
+from jaxrec.embed import mf
+from jaxrec.embed.mf import MFConfig
+from jaxrec.envs import simulator as sim_lib
+from jaxrec.eval.protocols import drr_protocol, full_ranking, state_rows
+from jaxrec.rl import ddpg
+from jaxrec.rl.ddpg import DDPGConfig
+
+
+@dataclasses.dataclass
+class DRRConfig:
+    agent: DDPGConfig = dataclasses.field(default_factory=DDPGConfig)
+    """DDPG agent, simulator and replay settings (model.agent.*)."""
+    embed: MFConfig = dataclasses.field(default_factory=MFConfig)
+    """Embedding pretraining (model.embed.*); its dim must equal model.agent.dim."""
+    drr_ks: tuple[int, ...] = (5, 10)
+    """Cut-offs of the drr protocol (the seed reports P@5, NDCG@5, P@10, NDCG@10)."""
+    drr_ideal: str = "true"
+    """drr protocol NDCG: true = ideal DCG over min(K, #relevant); k = the seed's K-relevant variant."""
+
+    def validate(self):
+        from jaxrec.errors import ConfigError
+
+        if self.embed.dim != self.agent.dim:
+            raise ConfigError("model.embed.dim", f"{self.embed.dim} != model.agent.dim {self.agent.dim}")
+        if self.drr_ideal not in ("true", "k"):
+            raise ConfigError("model.drr_ideal", f"{self.drr_ideal!r} is not one of true, k")
+
+
+class DRRTrainer:
+    def __init__(self, cfg: C.Config, data):
+        self.cfg, self.data = cfg, data
+        self.agent_cfg = cfg.model.agent
+        threshold = cfg.model.embed.positive_threshold
+        self.embed_cfg = dataclasses.replace(
+            cfg.model.embed, positive_threshold=data.relevant_threshold if threshold is None else threshold)
+        train = train_view(data.inter, data.split)
+        self.train_inter = train
+        self.mf_data = mf.prepare_data(train.user, train.item, train.rating, data.inter.n_users,
+                                       data.inter.n_items, self.embed_cfg)
+        self.fitted = np.asarray(self.mf_data.trained)
+        self.sim_cfg = self.agent_cfg.sim_config(data.relevant_threshold)
+        self.heldout = data.split.heldout_users
+        self._init = self._train = None
+
+    def _build(self, params: mf.MFParams):
+        mf_arrays = None
+        if self.agent_cfg.mf_reward:
+            raise_if_bce = self.embed_cfg.objective != "mse"
+            if raise_if_bce:
+                from jaxrec.errors import ConfigError
+
+                raise ConfigError("model.agent.mf_reward", "needs model.embed.objective=mse (a rating model)")
+            n_users = self.data.inter.n_users
+            mf_arrays = (np.asarray(params.user), np.asarray(params.item),
+                         np.concatenate([np.asarray(params.user_bias), np.asarray(params.item_bias),
+                                         [float(params.offset)]]).astype(np.float32))
+        sim = sim_lib.make_sim_data(self.train_inter, self.sim_cfg, self.agent_cfg.init_positives_only, mf_arrays)
+        self._init, self._train, _ = ddpg.make_train(self.agent_cfg, sim, self.sim_cfg)
+
+    def init(self, key):
+        k_mf, k_agent = jax.random.split(key)
+        params = mf.fit_mf(k_mf, self.train_inter.user, self.train_inter.item, self.train_inter.rating,
+                           self.data.inter.n_users, self.data.inter.n_items, self.embed_cfg)
+        self._build(params)
+        emb = ddpg.Embeddings(user=params.user, item=params.item)
+        return {"agent": self._init(k_agent, emb), "mf": params}
+
+    def train(self, state, n_steps):
+        agent, metrics = self._train(state["agent"], n_steps)
+        return {"agent": agent, "mf": state["mf"]}, {k: float(v) for k, v in metrics.items()}
+
+    def counters(self, state):
+        return {"env_steps": int(state["agent"].env_steps), "updates": int(state["agent"].updates)}
+
+    # ------------------------------------------------------------------------------------------------
+    # Evaluation
+
+    def _actions(self, state, view: EvalView) -> tuple[np.ndarray, jax.Array]:
+        """(users, actions [len(users), d]) from each user's state items in ``view.context``.
+
+        The state is the last ``n_state`` visible items (held-out users' ``view`` already holds just
+        their first ones for ``drr``); a shorter history is left-padded with its earliest item.
+        """
+        inter, n = self.data.inter, self.agent_cfg.n_state
+        ctx, users = view.context, view.users
+        cu = inter.user[ctx]
+        first = np.searchsorted(cu, cu)
+        count = np.bincount(cu, minlength=inter.n_users)
+        from_end = count[cu] - 1 - (np.arange(len(ctx)) - first)
+        slot = np.searchsorted(users, cu)
+        table = np.zeros((len(users), n), np.int32)
+        has = count[users] > 0
+        earliest = np.zeros(inter.n_users, np.int32)
+        ctx_users, first_row = np.unique(cu, return_index=True)
+        earliest[ctx_users] = inter.item[ctx][first_row]
+        table[:] = earliest[users][:, None]
+        keep = (from_end < n) & np.isin(cu, users)
+        table[slot[keep], n - 1 - from_end[keep]] = inter.item[ctx][keep]
+        params: mf.MFParams = state["mf"]
+        user_vecs = np.asarray(params.user)[users].copy()
+        refit = ~self.fitted[users] & has
+        if refit.any():
+            items, mask, ratings = mf.pad_histories(cu, inter.item[ctx], inter.rating[ctx], users[refit])
+            vecs, _ = mf.fold_in_users(params, items, mask, ratings, self.embed_cfg)
+            user_vecs[refit] = np.asarray(vecs)
+        agent = state["agent"]
+        actions = ddpg.act(self.agent_cfg, agent.actor, jnp.asarray(user_vecs), agent.emb.item[jnp.asarray(table)])
+        return users, actions
+
+    def _score_fn(self, state, view: EvalView):
+        users, actions = self._actions(state, view)
+        item = state["agent"].emb.item
+
+        def score(batch_users, context):
+            return _scores(actions[jnp.asarray(np.searchsorted(users, batch_users))], item)
+
+        return score
+
+    def score_fn(self, state, view):
+        return self._score_fn(state, view)
+
+    def evaluate_drr(self, state, view: EvalView, part: str):
+        sv = state_rows(self.data.inter, view, self.agent_cfg.n_state, self.heldout)
+        return drr_protocol(self._score_fn(state, sv), self.data.inter, view, self.data.relevant_threshold,
+                            self.agent_cfg.n_state, self.heldout, self.cfg.model.drr_ks, self.cfg.model.drr_ideal,
+                            self.cfg.eval.batch_users)
+
+
+@jax.jit
+def _scores(actions, item):
+    """Scores of every item for each user's action: <item_repr_i, a> (the simulator's ranking rule)."""
+    return actions @ item.T
+
+
+def make_config() -> C.Config:
+    return C.Config(
+        exp="ddpg_id",
+        data=C.DataConfig(split=C.SplitConfig(scheme="users", heldout_visible=10), relevant_threshold=4.0),
+        train=C.TrainConfig(steps=100_000, eval_every=10_000, ckpt_every=10_000, log_every=1_000),
+        eval=C.EvalConfig(protocols=("drr", "full"), ks=(5, 10, 20), select="ndcg@10"),
+        model=DRRConfig(),
+    )
+
+
+def make_trainer(cfg, data):
+    return DRRTrainer(cfg, data)
+
+
+EXPERIMENT = Experiment(
+    name="ddpg_id",
+    description="DRR: DDPG over the offline simulator with pretrained ID embeddings (the seed's ML-1M setting)",
+    make_config=make_config,
+    make_trainer=make_trainer,
+    quick=("train.steps=300", "train.eval_every=150", "train.ckpt_every=150", "train.log_every=50",
+           "model.embed.epochs=2", "model.agent.replay_capacity=2000", "model.agent.dim=16", "model.embed.dim=16",
+           "model.agent.hidden=32"),
+    protocols=("drr", "full"),
+)

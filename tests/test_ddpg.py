@@ -1,0 +1,151 @@
+"""DDPG math by hand, and the scanned device loop against step-by-step references."""
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxrec.data.splits import train_view, user_split
+from jaxrec.envs import simulator as S
+from jaxrec.nets.drr import SRM_KINDS, Actor, Critic, StateRepr, srm_dim
+from jaxrec.rl import ddpg
+from tests.helpers import synthetic_interactions
+
+D = 8
+
+
+def small_cfg(**kw):
+    base = dict(dim=D, hidden=16, n_state=4, top_k=3, batch_size=8, n_envs=2, replay_capacity=256)
+    base.update(kw)
+    return ddpg.DDPGConfig(**base)
+
+
+@pytest.fixture(scope="module")
+def setup():
+    inter = synthetic_interactions(n_users=40, n_items=30, per_user=(12, 25))
+    split = user_split(inter, (0.8, 0.1, 0.1), seed=0)
+    train = train_view(inter, split)
+    key = jax.random.key(3)
+    emb = ddpg.Embeddings(user=0.3 * jax.random.normal(key, (inter.n_users, D)),
+                          item=0.3 * jax.random.normal(jax.random.fold_in(key, 1), (inter.n_items, D)))
+    return inter, split, train, emb
+
+
+def build(train, cfg):
+    scfg = cfg.sim_config(4.0)
+    return ddpg.make_train(cfg, S.make_sim_data(train, scfg), scfg)
+
+
+def test_soft_update_by_hand():
+    target = {"w": jnp.array([1.0, 2.0])}
+    online = {"w": jnp.array([3.0, 6.0])}
+    out = ddpg.soft_update(target, online, 0.25)
+    np.testing.assert_allclose(out["w"], [1.5, 3.0])  # 0.75 * t + 0.25 * o
+
+
+def test_state_representations_by_hand():
+    u = jnp.array([1.0, 2.0])
+    h = jnp.array([[1.0, 0.0], [0.0, 1.0], [2.0, 2.0]])
+    for kind in SRM_KINDS:
+        m = StateRepr(kind)
+        params = m.init(jax.random.key(0), u, h)
+        assert m.apply(params, u, h).shape == (srm_dim(kind, 3, 2),)
+    # DRR-ave at its initial weights (1/3 each): g = mean(h) = [1, 1]; s = [u, u*g, g].
+    ave = StateRepr("ave")
+    s = ave.apply(ave.init(jax.random.key(0), u, h), u, h)
+    np.testing.assert_allclose(s, [1, 2, 1, 2, 1, 1], rtol=1e-6)
+    # DRR-p with weights w = 1/3: [h1, h2, h3, (h1 h2, h1 h3, h2 h3) / 9].
+    p = StateRepr("p")
+    s = p.apply(p.init(jax.random.key(0), u, h), u, h)
+    np.testing.assert_allclose(s, [1, 0, 0, 1, 2, 2, 0, 0, 2 / 9, 0, 0, 2 / 9], rtol=1e-6)
+    # DRR-u: [u * h_l / 3 for each l, pairwise / 9].
+    pu = StateRepr("u")
+    s = pu.apply(pu.init(jax.random.key(0), u, h), u, h)
+    np.testing.assert_allclose(s, [1 / 3, 0, 0, 2 / 3, 2 / 3, 4 / 3, 0, 0, 2 / 9, 0, 0, 2 / 9], rtol=1e-6)
+    # The seed's fixed weights at N = 10: 0.19 ... 0.01 (oldest weighted most).
+    h10 = jnp.eye(10)[:, :2]
+    s = StateRepr("fixed_ave").apply({}, u, h10)
+    np.testing.assert_allclose(s[-2:], [0.19, 0.17], rtol=1e-6)
+
+
+def test_td_target_and_losses_by_hand():
+    cfg = small_cfg(gamma=0.9)
+    actor, critic = ddpg.networks(cfg)
+    k = jax.random.key(0)
+    u0, h0, a0 = jnp.zeros(D), jnp.zeros((cfg.n_state, D)), jnp.zeros(D)
+    ap, cp = actor.init(k, u0, h0), critic.init(jax.random.fold_in(k, 1), u0, h0, a0)
+    cp_t = jax.tree.map(lambda x: x * 0.5, cp)
+    emb = ddpg.Embeddings(user=jax.random.normal(k, (3, D)), item=jax.random.normal(jax.random.fold_in(k, 2), (6, D)))
+    batch = ddpg.Transition(user=jnp.array([0, 2]), items=jnp.array([[0, 1, 2, 3], [1, 2, 3, 4]]),
+                            action=jnp.ones((2, D)) * 0.1, reward=jnp.array([1.0, -0.5]),
+                            next_items=jnp.array([[1, 2, 3, 5], [2, 3, 4, 5]]), done=jnp.array([False, True]))
+    weights = jnp.array([1.0, 0.5])
+    critic_loss, actor_loss = ddpg.make_losses(cfg)
+    loss, (td, _) = critic_loss(cp, cp_t, ap, emb, batch, weights)
+    # By hand: y0 = 1 + 0.9 * Q'(s'0, mu'(s'0)); y1 = -0.5 (terminal); loss = mean(w * (y - Q(s, a))^2).
+    u, hn, h = emb.user[batch.user], emb.item[batch.next_items], emb.item[batch.items]
+    q_next = critic.apply(cp_t, u, hn, actor.apply(ap, u, hn))
+    q = critic.apply(cp, u, h, batch.action)
+    y = jnp.array([1.0 + 0.9 * q_next[0], -0.5])
+    np.testing.assert_allclose(td, y - q, rtol=1e-5)
+    np.testing.assert_allclose(loss, jnp.mean(weights * (y - q) ** 2), rtol=1e-5)
+    # Actor: -mean Q(s, mu(s)) at the POLICY's action (not the stored one).
+    np.testing.assert_allclose(actor_loss(ap, cp, emb, batch), -jnp.mean(critic.apply(cp, u, h, actor.apply(ap, u, h))), rtol=1e-5)
+    # The seed's target: min(Q(s', mu'(s')), Q'(s', mu'(s'))).
+    faithful_loss, _ = ddpg.make_losses(dataclasses.replace(cfg, faithful_target=True))
+    _, (td_f, _) = faithful_loss(cp, cp_t, ap, emb, batch, weights)
+    q_online_next = critic.apply(cp, u, hn, actor.apply(ap, u, hn))
+    np.testing.assert_allclose(td_f[0], 1.0 + 0.9 * min(q_next[0], q_online_next[0]) - q[0], rtol=1e-5)
+
+
+def test_scan_equals_step_by_step_and_chunking(setup):
+    _, _, train, emb = setup
+    cfg = small_cfg()
+    init, train_fn, step = build(train, cfg)
+    s0 = init(jax.random.key(0), emb)
+    a, _ = train_fn(jax.tree.map(jnp.copy, s0), 12)
+    ref = jax.tree.map(jnp.copy, s0)
+    jstep = jax.jit(step)
+    for _ in range(12):
+        ref, _ = jstep(ref, None)
+    b, _ = train_fn(train_fn(jax.tree.map(jnp.copy, s0), 5)[0], 7)
+    for x, y, z in zip(jax.tree.leaves(a), jax.tree.leaves(ref), jax.tree.leaves(b)):
+        np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
+        np.testing.assert_array_equal(x, z)
+    assert int(a.updates) == 12 - 3  # updates start once 8 transitions (2 per step) are stored: step 4
+    assert int(a.env_steps) == 24
+
+
+def test_seeds_reproduce_and_differ(setup):
+    _, _, train, emb = setup
+    init, train_fn, _ = build(train, small_cfg())
+    run = lambda seed: train_fn(init(jax.random.key(seed), emb), 20)[0]
+    a, b, c = run(0), run(0), run(1)
+    for x, y in zip(jax.tree.leaves(a.actor), jax.tree.leaves(b.actor)):
+        np.testing.assert_array_equal(x, y)
+    assert not np.allclose(jax.tree.leaves(a.actor)[0], jax.tree.leaves(c.actor)[0])
+
+
+def test_replay_holds_only_training_users_and_twin_critics(setup):
+    inter, split, train, emb = setup
+    cfg = small_cfg(twin=True, prioritized=False)
+    init, train_fn, _ = build(train, cfg)
+    s, m = train_fn(init(jax.random.key(0), emb), 30)
+    stored = np.asarray(s.replay.data.user[: int(s.replay.size)])
+    heldout_users = set(inter.user[split.val]) | set(inter.user[split.test])
+    assert stored.size == 60 and not (set(stored.tolist()) & heldout_users)
+    assert jax.tree.leaves(s.critic)[0].shape[0] == 2  # two critics stacked
+    assert np.isfinite(m["critic_loss"])
+
+
+def test_vmap_over_seeds_equals_separate_runs(setup):
+    _, _, train, emb = setup
+    init, train_fn, step = build(train, small_cfg())
+    keys = jax.random.split(jax.random.key(7), 2)
+    batched = jax.vmap(lambda k: init(k, emb))(keys)
+    run = jax.jit(jax.vmap(lambda st: jax.lax.scan(step, st, None, length=6)[0]))(batched)
+    for i in range(2):
+        single = train_fn(init(keys[i], emb), 6)[0]
+        for x, y in zip(jax.tree.leaves(single.actor), jax.tree.leaves(run.actor)):
+            np.testing.assert_allclose(x, y[i], rtol=1e-4, atol=1e-6)
