@@ -12,7 +12,8 @@ Methodology
    with fewer than 5 rows), ~50k items with Zipf-like popularity (exponent ~1), sparse shuffled
    original ids, half-star ratings 0.5..5 with MovieLens' rating histogram, and unix timestamps
    (each user active from a random start date, spread over months). Sampling with replacement also
-   produces repeated (user, item) pairs, which ``--dedup last`` (the default of ``table``) removes.
+   produces repeated (user, item) pairs (~17% of rows at 20M), which ``--dedup last`` (the default of
+   ``table``) removes; the k-core then leaves ~16.6M of 20M rows.
    Generation runs in its own subprocess and its time is printed but is not part of any metric.
 2. Ours: ``python data_prep/prepare.py table --src F --user-col user --item-col item --rating-col rating
    --time-col timestamp --min-user-interactions 5 --min-item-interactions 5 --out OUT``.
@@ -22,6 +23,8 @@ Methodology
 4. Each is run as a fresh subprocess, ``--repeats`` times (default 3; ``--quick``: 1), alternating
    ours / baseline so that drift (page cache, thermal) hits both alike. The file is read from the page
    cache in every run (it was just written), for both. Reported numbers are MEDIANS over repeats.
+   The children's CPU seconds are printed too, and a warning when the load average shows other
+   processes competing for the cores (wall times are then inflated).
    - Wall time: from spawning the child to reaping it (interpreter start and imports included: that is
      what a user waits for).
    - Peak RSS: ``ru_maxrss`` of that very child, from ``os.wait4`` (Linux: KiB; reported in GB =
@@ -107,8 +110,8 @@ def synthesise(path: Path, rows: int, seed: int) -> None:
 # Measuring one child process
 
 
-def run_child(cmd: list[str], log: Path) -> tuple[float, float]:
-    """(wall seconds, peak RSS in GB) of ``cmd`` run to completion; its stdout+stderr go to ``log``.
+def run_child(cmd: list[str], log: Path) -> tuple[float, float, float]:
+    """(wall seconds, peak RSS in GB, CPU seconds) of ``cmd`` run to completion; its output goes to ``log``.
 
     Exits with the child's log tail if it fails.
     """
@@ -121,7 +124,7 @@ def run_child(cmd: list[str], log: Path) -> tuple[float, float]:
     if proc.returncode != 0:
         tail = log.read_text(errors="replace")[-3000:]
         sys.exit(f"command failed with status {proc.returncode}: {' '.join(cmd)}\n{tail}")
-    return wall, usage.ru_maxrss * 1024 / 1e9  # Linux reports KiB
+    return wall, usage.ru_maxrss * 1024 / 1e9, usage.ru_utime + usage.ru_stime  # ru_maxrss: KiB on Linux
 
 
 def last_line(log: Path) -> str:
@@ -139,6 +142,14 @@ def device() -> str:
     except OSError:
         pass
     return f"cpu: {model}, {len(os.sched_getaffinity(0))} cores"
+
+
+def warn_if_busy(when: str) -> None:
+    """Says so when other processes compete for the CPU: wall times are then inflated (CPU s less so)."""
+    load, cores = os.getloadavg()[0], len(os.sched_getaffinity(0))
+    if load > 0.5 * cores:
+        print(f"warning ({when}): 1-min load average {load:.1f} on {cores} cores; other processes compete for "
+              f"the CPU, wall times are inflated (compare the CPU seconds, or re-run on an idle machine)", flush=True)
 
 
 def bench_line(metric: str, ours: float, baseline: float, unit: str, digits: int) -> str:
@@ -177,8 +188,8 @@ def main(argv=None) -> int:
     work = Path(tempfile.mkdtemp(prefix="prepare_speed-", dir=args.workdir))
     try:
         csv = work / "interactions.csv"
-        gen_s, gen_gb = run_child([sys.executable, __file__, "--generate-to", str(csv), "--rows", str(args.rows),
-                                   "--seed", str(args.seed)], work / "generate.log")
+        gen_cmd = [sys.executable, __file__, "--generate-to", str(csv), "--rows", str(args.rows), "--seed", str(args.seed)]
+        gen_s, gen_gb, _ = run_child(gen_cmd, work / "generate.log")
         print(f"{last_line(work / 'generate.log')}")
         print(f"generation: {gen_s:.1f} s, peak RSS {gen_gb:.2f} GB (not part of the metric)")
 
@@ -187,15 +198,17 @@ def main(argv=None) -> int:
                     "--min-user-interactions", "5", "--min-item-interactions", "5", "--out", str(work / "out")]
         base_cmd = [sys.executable, str(BASELINE), str(csv)]
         results = {"ours": [], "baseline": []}
+        warn_if_busy("before the runs")
         for r in range(args.repeats):
             for name, cmd in (("ours", ours_cmd), ("baseline", base_cmd)):
                 log = work / f"{name}-{r}.log"
-                wall, gb = run_child(cmd, log)
+                wall, gb, cpu = run_child(cmd, log)
                 results[name].append((wall, gb))
-                print(f"repeat {r + 1}/{args.repeats} {name:8s}: {wall:7.2f} s, peak RSS {gb:6.3f} GB | {last_line(log)}",
-                      flush=True)
+                print(f"repeat {r + 1}/{args.repeats} {name:8s}: {wall:7.2f} s wall, {cpu:7.2f} s CPU, peak RSS {gb:6.3f} GB"
+                      f" | {last_line(log)}", flush=True)
             shutil.rmtree(work / "out", ignore_errors=True)
 
+        warn_if_busy("after the runs")
         med = {name: (statistics.median(w for w, _ in runs), statistics.median(g for _, g in runs))
                for name, runs in results.items()}
         (ours_s, ours_gb), (base_s, base_gb) = med["ours"], med["baseline"]
