@@ -26,7 +26,6 @@ from jaxrec.data.splits import EvalView, train_view
 from jaxrec.embed import mf
 from jaxrec.embed.mf import MFConfig
 from jaxrec.envs import simulator as sim_lib
-from jaxrec.eval.protocols import drr_protocol, full_ranking, state_rows
 from jaxrec.rl import ddpg
 from jaxrec.rl.ddpg import DDPGConfig
 
@@ -37,24 +36,22 @@ class DRRConfig:
     """DDPG agent, simulator and replay settings (model.agent.*)."""
     embed: MFConfig = dataclasses.field(default_factory=MFConfig)
     """Embedding pretraining (model.embed.*); its dim must equal model.agent.dim."""
-    drr_ks: tuple[int, ...] = (5, 10)
-    """Cut-offs of the drr protocol (the seed reports P@5, NDCG@5, P@10, NDCG@10)."""
-    drr_ideal: str = "true"
-    """drr protocol NDCG: true = ideal DCG over min(K, #relevant); k = the seed's K-relevant variant."""
-
     def validate(self):
         from jaxrec.errors import ConfigError
 
         if self.embed.dim != self.agent.dim:
             raise ConfigError("model.embed.dim", f"{self.embed.dim} != model.agent.dim {self.agent.dim}")
-        if self.drr_ideal not in ("true", "k"):
-            raise ConfigError("model.drr_ideal", f"{self.drr_ideal!r} is not one of true, k")
 
 
 class DRRTrainer:
     def __init__(self, cfg: C.Config, data):
         self.cfg, self.data = cfg, data
         self.agent_cfg = cfg.model.agent
+        if cfg.eval.drr_n_state != self.agent_cfg.n_state:
+            from jaxrec.errors import ConfigError
+
+            raise ConfigError("eval.drr_n_state", f"{cfg.eval.drr_n_state} must equal model.agent.n_state "
+                                                  f"{self.agent_cfg.n_state}: the drr state is the agent's state")
         threshold = cfg.model.embed.positive_threshold
         self.embed_cfg = dataclasses.replace(
             cfg.model.embed, positive_threshold=data.relevant_threshold if threshold is None else threshold)
@@ -132,7 +129,7 @@ class DRRTrainer:
         actions = ddpg.act(self.agent_cfg, agent.actor, jnp.asarray(user_vecs), agent.emb.item[jnp.asarray(table)])
         return users, actions
 
-    def _score_fn(self, state, view: EvalView):
+    def score_fn(self, state, view: EvalView):
         users, actions = self._actions(state, view)
         item = state["agent"].emb.item
 
@@ -140,16 +137,6 @@ class DRRTrainer:
             return _scores(actions[jnp.asarray(np.searchsorted(users, batch_users))], item)
 
         return score
-
-    def score_fn(self, state, view):
-        return self._score_fn(state, view)
-
-    def evaluate_drr(self, state, view: EvalView, part: str):
-        sv = state_rows(self.data.inter, view, self.agent_cfg.n_state, self.heldout)
-        return drr_protocol(self._score_fn(state, sv), self.data.inter, view, self.data.relevant_threshold,
-                            self.agent_cfg.n_state, self.heldout, self.cfg.model.drr_ks, self.cfg.model.drr_ideal,
-                            self.cfg.eval.batch_users)
-
 
 @jax.jit
 def _scores(actions, item):

@@ -34,7 +34,7 @@ from jaxrec import config as C
 from jaxrec.data.interactions import Interactions
 from jaxrec.data.splits import EvalView, Split, eval_view, make_split
 from jaxrec.errors import ConfigError, InputError
-from jaxrec.eval.protocols import ScoreFn, full_ranking
+from jaxrec.eval.protocols import ScoreFn, drr_protocol, full_ranking, state_rows
 
 
 @dataclasses.dataclass
@@ -107,6 +107,12 @@ def evaluate(trainer: Trainer, state, data: Dataset, cfg: C.Config, part: str) -
         elif protocol == "full":
             results[protocol], users[protocol] = full_ranking(
                 trainer.score_fn(state, view), data.inter, view, data.relevant_threshold, cfg.eval.ks, cfg.eval.batch_users)
+        elif protocol == "drr":
+            # The model sees only the state items (as in the seed's protocol), so it is scored from them.
+            sv = state_rows(data.inter, view, cfg.eval.drr_n_state, data.split.heldout_users)
+            results[protocol], users[protocol] = drr_protocol(
+                trainer.score_fn(state, sv), data.inter, view, data.relevant_threshold, cfg.eval.drr_n_state,
+                data.split.heldout_users, cfg.eval.drr_ks, cfg.eval.drr_ideal, cfg.eval.batch_users)
         else:
             raise ConfigError("eval.protocols", f"{type(trainer).__name__} has no evaluate_{protocol}")
     return results, users

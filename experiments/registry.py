@@ -20,6 +20,7 @@ register(Experiment(
     make_config=popularity.make_config,
     make_trainer=popularity.make_trainer,
     quick=("eval.batch_users=256",),
+    protocols=("full", "drr"),
 ))
 register(ddpg.EXPERIMENT)
 for _exp in sequential.EXPERIMENTS: register(_exp)

@@ -82,22 +82,33 @@ class TrainConfig:
 @dataclasses.dataclass
 class EvalConfig:
     protocols: tuple[str, ...] = ("full",)
-    """Evaluation protocols: full = rank every item not in the visible history."""
+    """Evaluation protocols: full = rank every item not in the visible history; drr = the DRR seed's
+    one-step top-K from each user's state items (jaxrec.eval.protocols)."""
     ks: tuple[int, ...] = (5, 10, 20)
     """Cut-offs K for hr@K, precision@K, recall@K, ndcg@K."""
     select: str = "ndcg@10"
     """Validation metric (of the first protocol) that picks the state evaluated on test."""
     batch_users: int = 1024
     """Users scored per batch (bounds the [users, items] score matrix in memory)."""
+    drr_n_state: int = 10
+    """drr protocol: state items per user (held-out users: their first ones; temporal: the last ones)."""
+    drr_ks: tuple[int, ...] = (5, 10)
+    """drr protocol cut-offs (the DRR seed reports P@5, NDCG@5, P@10, NDCG@10)."""
+    drr_ideal: Literal["true", "k"] = "true"
+    """drr protocol NDCG: true = ideal DCG over min(K, #relevant); k = the seed's K-relevant variant."""
 
     def validate(self):
         if not self.ks or min(self.ks) < 1:
             raise ConfigError("eval.ks", f"need positive cut-offs, got {self.ks}")
         name, _, k = self.select.partition("@")
-        if name not in ("hr", "precision", "recall", "ndcg") or not k.isdigit() or int(k) not in self.ks:
-            raise ConfigError("eval.select", f"{self.select!r} must be METRIC@K with K in eval.ks={self.ks}")
-        if self.batch_users < 1:
-            raise ConfigError("eval.batch_users", "must be >= 1")
+        ks = self.drr_ks if self.protocols and self.protocols[0] == "drr" else self.ks
+        if name not in ("hr", "precision", "recall", "ndcg") or not k.isdigit() or int(k) not in ks:
+            raise ConfigError("eval.select", f"{self.select!r} must be METRIC@K with K among the first protocol's cut-offs {ks}")
+        if self.batch_users < 1 or self.drr_n_state < 1 or not self.drr_ks or min(self.drr_ks) < 1:
+            raise ConfigError("eval", "batch_users, drr_n_state and drr_ks must be >= 1")
+        unknown = [p for p in self.protocols if p not in ("full", "drr")]
+        if not self.protocols or unknown:
+            raise ConfigError("eval.protocols", f"{unknown or 'none'}: expected a non-empty subset of full, drr")
 
 
 @dataclasses.dataclass

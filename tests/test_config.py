@@ -32,7 +32,7 @@ def test_overrides_parse_by_type_and_do_not_mutate_the_original():
     ("data.split.scheme=random", "'random' is not one of leave_last, users, global_time"),
     ("data.split.fractions=0.5,0.5", "expected 3 comma-separated values"),
     ("data.split.fractions=0.5,0.4,0.3", "summing to 1"),
-    ("eval.select=ndcg@7", "must be METRIC@K with K in eval.ks"),
+    ("eval.select=ndcg@7", "must be METRIC@K with K among the first protocol's cut-offs"),
     ("train.steps", "expected KEY=VALUE"),
     ("data.split.n_val=0", "model selection needs a validation part"),
 ])

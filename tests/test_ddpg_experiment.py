@@ -46,7 +46,7 @@ def test_drr_ndcg_k_variant_is_not_larger(data_dir, tmp_path):
     runs = {}
     for ideal in ("true", "k"):
         run = tmp_path / ideal
-        assert main(["--exp=ddpg_id", "--data", str(data_dir), "--run-dir", str(run)] + QUICK + [f"model.drr_ideal={ideal}"]) == 0
+        assert main(["--exp=ddpg_id", "--data", str(data_dir), "--run-dir", str(run)] + QUICK + [f"eval.drr_ideal={ideal}"]) == 0
         runs[ideal] = json.loads((run / "final.json").read_text())["test"]["drr"]
     assert runs["k"]["ndcg@10"] <= runs["true"]["ndcg@10"] + 1e-9
     assert runs["k"]["precision@10"] == runs["true"]["precision@10"]
