@@ -1,10 +1,11 @@
 """Builds markdown result tables from run directories' final.json files, and writes them into the README.
 
-  python experiments/report.py --runs runs/a runs/b ... [--protocol full] [--metrics hr@10,ndcg@10]
+  python experiments/report.py --runs runs/a runs/b ... [--protocol full] [--metrics hr@10,drr:ndcg@10]
                                [--part test] [--readme README.md --section NAME]
 
 Each run directory holds a final.json (one seed, or ``--seeds N`` with ``test_ci95``). A row per run:
-experiment name, seeds, then ``mean ± 95% half-width`` per metric. With ``--readme`` the table replaces
+experiment name, seeds, then ``mean ± 95% half-width`` per metric. A metric is ``NAME@K`` of
+``--protocol`` or ``PROTOCOL:NAME@K``. With ``--readme`` the table replaces
 the text between ``<!-- table:NAME -->`` and ``<!-- /table:NAME -->`` so README figures are never typed
 by hand.
 """
@@ -28,14 +29,15 @@ def load_final(run_dir: Path) -> dict:
 
 
 def table(finals: list[tuple[str, dict]], protocol: str, metrics: list[str], part: str = "test") -> str:
-    header = f"| experiment | seeds | " + " | ".join(f"{protocol} {m}" for m in metrics) + " | wall s / seed |"
-    lines = [header, "|" + "---|" * (len(metrics) + 3)]
+    columns = [m.split(":", 1) if ":" in m else (protocol, m) for m in metrics]
+    header = "| experiment | seeds | " + " | ".join(f"{p} {m}" for p, m in columns) + " | wall s / seed |"
+    lines = [header, "|" + "---|" * (len(columns) + 3)]
     for label, f in finals:
         n = len(f.get("seeds", [None]))
-        values = f.get(part, {}).get(protocol, {})
-        ci = f.get(f"{part}_ci95", {}).get(protocol, {})
         cells = []
-        for m in metrics:
+        for p, m in columns:
+            values = f.get(part, {}).get(p, {})
+            ci = f.get(f"{part}_ci95", {}).get(p, {})
             if m not in values:
                 cells.append("–")
             elif n > 1:
