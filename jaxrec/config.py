@@ -242,6 +242,22 @@ def to_dict(cfg) -> dict:
     return _jsonable(dataclasses.asdict(cfg))
 
 
+def from_dict(default, d: dict):
+    """``default`` (a config of the right experiment) with every leaf taken from the nested dict ``d``
+    (a ``config.json``); lists become tuples, keys absent from ``d`` keep their default."""
+    cfg = _deepcopy(default)
+    for key, (owner, name) in _leaves(cfg).items():
+        node = d
+        for part in key.split("."):
+            if not isinstance(node, dict) or part not in node:
+                break
+            node = node[part]
+        else:
+            setattr(owner, name, tuple(node) if isinstance(node, list) else node)
+    validate(cfg)
+    return cfg
+
+
 def _jsonable(x):
     if isinstance(x, dict):
         return {k: _jsonable(v) for k, v in x.items()}
