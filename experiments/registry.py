@@ -1,7 +1,7 @@
 """Experiment registry: name -> ``Experiment`` (config factory, trainer factory, --quick overrides)."""
 from __future__ import annotations
 
-from experiments import ddpg, popularity, sequential
+from experiments import ddpg, mf, popularity
 from experiments.harness import Experiment
 
 EXPERIMENTS: dict[str, Experiment] = {}
@@ -16,11 +16,11 @@ def register(exp: Experiment) -> Experiment:
 
 register(Experiment(
     name="popularity",
-    description="most-popular items on the training part (non-personalised floor), full-ranking protocol",
+    description="most-popular items on the training part (the non-personalised floor)",
     make_config=popularity.make_config,
     make_trainer=popularity.make_trainer,
     quick=("eval.batch_users=256",),
     protocols=("full", "drr"),
 ))
+register(mf.EXPERIMENT)
 register(ddpg.EXPERIMENT)
-for _exp in sequential.EXPERIMENTS: register(_exp)

@@ -1,0 +1,130 @@
+"""``mf``: the pretrained matrix factorisation (``jaxrec.embed.mf``) used directly as a recommender.
+
+The same embeddings DRR starts from, scored by eq. (1) of ``jaxrec.embed.mf`` in the same harness,
+split and metric code as ``popularity`` and the RL agents: the floor an agent built on these embeddings
+has to beat. Fitting sees the training part only (``train_view``). One harness step is one epoch, so
+``metrics.jsonl`` holds the loss curve, checkpoints land between epochs and validation picks the epoch.
+
+Users the fit never saw (scheme ``users``, or bce users without a training positive) are folded in from
+their visible history (``EvalView.context``) with the item side frozen; ``drr`` folds every user in from
+its ``DRR_N_STATE`` state items only, since that protocol gives the agent nothing else.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from experiments.harness import Experiment
+from jaxrec import config as C
+from jaxrec.data.splits import EvalView, train_view
+from jaxrec.embed import mf
+from jaxrec.embed.mf import MFConfig
+from jaxrec.errors import ConfigError
+from jaxrec.eval.protocols import drr_protocol, state_rows
+
+DRR_N_STATE = 10
+"""State items of the DRR protocol (the seed's state size, SEEDS_SPEC A3/A6)."""
+DRR_KS = (5, 10)
+"""Cut-offs the DRR seed reports (P@5, NDCG@5, P@10, NDCG@10)."""
+
+
+class MFTrainer:
+    def __init__(self, cfg: C.Config, data):
+        if cfg.model.epochs != cfg.train.steps:
+            raise ConfigError("model.epochs", f"the mf experiment trains one epoch per step: model.epochs "
+                                              f"({cfg.model.epochs}) and train.steps ({cfg.train.steps}) must be equal")
+        self.cfg = cfg
+        threshold = cfg.model.positive_threshold
+        threshold = data.relevant_threshold if threshold is None else threshold
+        self.model = dataclasses.replace(cfg.model, positive_threshold=threshold)
+        self.inter, self.split, self.relevant_threshold = data.inter, data.split, data.relevant_threshold
+        train = train_view(data.inter, data.split)
+        self.data = mf.prepare_data(train.user, train.item, train.rating, data.inter.n_users, data.inter.n_items,
+                                    self.model)
+        self.trained = np.asarray(self.data.trained)
+
+    def init(self, key):
+        k_init, k_train = jax.random.split(key)
+        params = mf.init_params(k_init, self.data, self.inter.n_users, self.model)
+        return {"params": params, "opt": mf.make_optimizer(self.model).init(params),
+                "key": jax.random.key_data(k_train), "epoch": jnp.int32(0)}
+
+    def train(self, state, n_steps):
+        params, opt, loss = mf.train_epochs(state["params"], state["opt"], jax.random.wrap_key_data(state["key"]),
+                                            state["epoch"], n_steps, self.data, self.model)
+        return {**state, "params": params, "opt": opt, "epoch": state["epoch"] + n_steps}, {"loss": float(loss)}
+
+    def folded_params(self, params: mf.MFParams, users: np.ndarray, rows: np.ndarray, refit_all: bool) -> mf.MFParams:
+        """``params`` with the rows of ``users`` replaced by their fold-in from ``rows`` (visible rows only).
+
+        ``refit_all`` False keeps fitted users' own vectors and folds in only users the fit never saw.
+        """
+        users = np.asarray(users)
+        if not refit_all:
+            users = users[~self.trained[users]]
+        if len(users) == 0:
+            return params
+        items, mask, ratings = mf.pad_histories(self.inter.user[rows], self.inter.item[rows], self.inter.rating[rows], users)
+        # User batches padded to a multiple of 128 and histories to a power-of-two width (padding = empty
+        # histories, masked slots): views and protocols share a few compilations at little extra work.
+        size = min(self.cfg.eval.batch_users, -(-len(users) // 128) * 128)
+        pad = ((0, -len(users) % size), (0, _pow2(items.shape[1]) - items.shape[1]))
+        items, mask, ratings = np.pad(items, pad), np.pad(mask, pad), np.pad(ratings, pad)
+        vecs, biases = [], []
+        for start in range(0, len(items), size):
+            v, b = mf.fold_in_users(params, items[start:start + size], mask[start:start + size],
+                                    ratings[start:start + size], self.model)
+            vecs.append(v)
+            biases.append(b)
+        vecs = jnp.concatenate(vecs)[:len(users)]
+        biases = jnp.concatenate(biases)[:len(users)]
+        return params.replace(user=params.user.at[users].set(vecs), user_bias=params.user_bias.at[users].set(biases))
+
+    def score_fn(self, state, view: EvalView):
+        params = self.folded_params(state["params"], view.users, view.context, refit_all=False)
+        return lambda users, context: mf.score(params, users)
+
+    def evaluate_drr(self, state, view: EvalView, part: str):
+        del part
+        heldout = self.split.heldout_users
+        sv = state_rows(self.inter, view, DRR_N_STATE, heldout)
+        params = self.folded_params(state["params"], sv.users, sv.context, refit_all=True)
+        return drr_protocol(lambda users, context: mf.score(params, users), self.inter, view, self.relevant_threshold,
+                            DRR_N_STATE, heldout, ks=DRR_KS, batch_users=self.cfg.eval.batch_users)
+
+    def counters(self, state):
+        return {"env_steps": 0, "updates": int(state["epoch"]) * self.data.steps_per_epoch}
+
+
+def _pow2(n: int) -> int:
+    return 1 << max(0, int(n) - 1).bit_length()
+
+
+def make_config() -> C.Config:
+    model = MFConfig()
+    return C.Config(
+        exp="mf",
+        data=C.DataConfig(split=C.SplitConfig(scheme="users", heldout_visible=10), relevant_threshold=4.0),
+        train=C.TrainConfig(steps=model.epochs, eval_every=2, ckpt_every=2, log_every=1),
+        eval=C.EvalConfig(protocols=("full", "drr"), ks=(5, 10, 20)),
+        model=model,
+    )
+
+
+def make_trainer(cfg, data):
+    return MFTrainer(cfg, data)
+
+
+EXPERIMENT = Experiment(
+    name="mf",
+    description="pretrained matrix factorisation (bce = DRR seed embeddings, or mse) as a recommender; "
+                "held-out users folded in; full and drr protocols",
+    make_config=make_config,
+    make_trainer=make_trainer,
+    quick=("model.dim=16", "model.epochs=3", "train.steps=3", "train.eval_every=1", "train.ckpt_every=1",
+           "model.batch=256", "eval.batch_users=256"),
+    protocols=("full", "drr"),
+)
