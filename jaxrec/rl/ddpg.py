@@ -256,7 +256,9 @@ def make_train(cfg: DDPGConfig, sim: sim_lib.SimData, sim_cfg: sim_lib.SimConfig
         env = state.env
         u, h = state.emb.user[env.user], state.emb.item[env.items]
         action = actor.apply(state.actor, u, h)
-        epsilon = jnp.maximum(cfg.epsilon_min, cfg.epsilon - cfg.epsilon_decay * state.step.astype(jnp.float32))
+        # Decays per environment step (the seed: per noisy step of its single user), so n_envs parallel
+        # users explore as much per transition as one user does.
+        epsilon = jnp.maximum(cfg.epsilon_min, cfg.epsilon - cfg.epsilon_decay * state.env_steps.astype(jnp.float32))
         explore = jax.random.uniform(k_explore, (cfg.n_envs, 1)) < epsilon
         action = action + explore * cfg.sigma * jax.random.normal(k_noise, action.shape)
         next_env, reward, done, _ = v_step(sim, sim_cfg, env, action, state.emb.item)
