@@ -540,6 +540,7 @@ def prepare(argv) -> dict:
     cols, user_uniques, item_uniques, stats = clean(
         raw, dedup_policy=args.dedup, min_user=args.min_user_interactions, min_item=args.min_item_interactions,
         positive_threshold=threshold, positives_only=args.positives_only,
+        release_ids=True,  # raw's id columns are not used again here: free them for clean's sorts
     )
     meta_extra.update(
         positive_threshold=float(threshold), dedup=args.dedup,

@@ -20,7 +20,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from data_prep import common
 from data_prep.prepare import main
+from jaxrec.errors import InputError
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("JAXREC_SHARED_DATA") or REPO.parent / "shared" / "data")
@@ -734,3 +736,104 @@ def test_error_in_npz_names_the_row(tmp_path, capsys):
     argv = ["table", "--src", src, "--user-col", "uid", "--item-col", "iid", "--rating-col", "score"]
     assert_input_error(capsys, tmp_path, argv,
                        f"error: {re.escape(str(src))}: column 'score' has a missing value at row 1, expected a number")
+
+
+# ----------------------------------------------------------------------------------------------------
+# Big numeric tables are read chunk by chunk (data_prep.common._read_numeric_chunked): the frame, or
+# the error, must be exactly what the whole-file parse gives. Sampling 2 rows instead of 10,000 puts
+# the odd values of these small files after the sample.
+
+
+def read_twice(monkeypatch, data, **kw):
+    """(frame with the chunked path allowed, frame with it off, whether the chunked read was kept).
+
+    ``data``: a path, or a function opening a fresh file object. A frame is an ``InputError`` when
+    reading raised one."""
+    sep = kw.pop("sep", ",")
+
+    def read(sniff_rows):
+        monkeypatch.setattr(common, "_SNIFF_ROWS", sniff_rows)
+        try:
+            return common.read_delimited(data() if callable(data) else data, "t", sep, **kw)
+        except InputError as e:
+            return e
+    calls = []
+    real = pd.read_csv
+    monkeypatch.setattr(pd, "read_csv", lambda *a, **k: calls.append(k.get("low_memory")) or real(*a, **k))
+    whole = read(0)
+    calls.clear()
+    chunked = read(2)
+    return chunked, whole, calls[-1:] == [True]
+
+
+def assert_same_read(chunked, whole):
+    if isinstance(whole, InputError):
+        assert isinstance(chunked, InputError) and str(chunked) == str(whole)
+    else:
+        pd.testing.assert_frame_equal(chunked, whole, check_exact=True)
+        assert list(chunked.dtypes) == list(whole.dtypes) and chunked.index.equals(whole.index)
+
+
+HEAD = "u,i,r,t\n1,10,3.5,100\n2,11,4,101\n"
+
+
+@pytest.mark.parametrize("tail, kept", [
+    ("3,12,2.5,102\n", True),                      # all numeric: the chunked read is kept
+    ("\n3,12,2.5,102\n\n", False),                 # blank lines: rows of NaN, so 'u' is float64
+    ("3,12,,102\n", True),                         # a missing float: NaN either way
+    ("3,12,inf,102\n", True),
+    ("3.0,12,2.5,102\n", False),                   # "3.0": a whole-file parse makes 'u' float64
+    ("1e3,12,2.5,102\n", False),
+    (",12,2.5,102\n", False),                      # a missing int: 'u' becomes float64
+    ("18446744073709551615,12,2.5,102\n", False),  # uint64
+    ("x,12,2.5,102\n", False),                     # a string id: all values strings
+    ("3,12,abc,102\n", False),                     # a non-numeric float: all values strings
+    ("3,12,2.5,102,9\n", False),                   # too many fields: the same error and line
+])
+def test_chunked_read_equals_whole_file_parse(tmp_path, monkeypatch, tail, kept):
+    path = write(tmp_path / "t.csv", HEAD + tail)
+    chunked, whole, used = read_twice(monkeypatch, path)
+    assert_same_read(chunked, whole)
+    assert used == kept
+
+
+def test_chunked_read_of_file_objects_and_headerless_files(tmp_path, monkeypatch):
+    text = "1\t10\t3\t100\n\n2\t11\t4.5\t101\n3\t12\t2\t102\n"
+    path = write(tmp_path / "u.data", text)
+    archive = make_zip(tmp_path / "a.zip", {"d/u.data": text})
+    names = ["user", "item", "rating", "timestamp"]
+    for data in (path, lambda: open(path, "rb"), lambda: zipfile.ZipFile(archive).open("d/u.data")):
+        chunked, whole, used = read_twice(monkeypatch, data, sep="\t", header=False, names=names)
+        assert_same_read(chunked, whole)
+        assert used
+
+
+@pytest.mark.parametrize("odd", [None, "7.0", "x"])
+def test_chunked_read_of_a_big_file_rejects_chunks_of_mixed_types(tmp_path, monkeypatch, odd):
+    # 400k rows, 6.4 MB: from a file object pandas converts ~131k rows per chunk, from a path of over
+    # 5 MB (pandas >= 3.1) it parses byte ranges in parallel; each chunk gets its own dtypes. An int
+    # column with "7.0" (or a string) in the last chunk only: int64 + float64 (or + str) chunks,
+    # which must not pass for the whole-file parse (float64, or all strings).
+    rows = 400_000
+    body = "".join(f"{k % 97},{k % 89},{k % 10 / 2 + 0.5},{1_000_000 + k}\n" for k in range(rows))
+    path = write(tmp_path / "t.csv", "u,i,r,t\n" + body + ("" if odd is None else f"{odd},1,2.5,7\n"))
+    assert path.stat().st_size > 6e6
+    for data in (path, lambda: open(path, "rb")):
+        chunked, whole, used = read_twice(monkeypatch, data)
+        assert used == (odd is None)
+        assert_same_read(chunked, whole)
+    if odd is not None:
+        assert whole["u"].dtype == np.float64 if odd == "7.0" else pd.api.types.is_string_dtype(whole["u"])
+
+
+def test_error_after_the_sample_rows_names_its_line(tmp_path, capsys, monkeypatch):
+    # Line 5 (header, then the 4th row) is past a 2-row sample: the chunked read fails ('abc'), or
+    # is kept with a NaN (the missing rating), and either way the error names the line.
+    monkeypatch.setattr(common, "_SNIFF_ROWS", 2)
+    argv = ["--user-col", "u", "--item-col", "i", "--rating-col", "r", "--time-col", "t"]
+    src = write(tmp_path / "a" / "bad.csv", HEAD + "3,12,2.5,102\n4,13,abc,103\n")
+    assert_input_error(capsys, tmp_path / "a", ["table", "--src", src, *argv],
+                       f"error: {re.escape(str(src))}:5: column 'r' has non-numeric value 'abc', expected a number")
+    src = write(tmp_path / "b" / "missing.csv", HEAD + "3,12,2.5,102\n4,13,,103\n")
+    assert_input_error(capsys, tmp_path / "b", ["table", "--src", src, *argv],
+                       f"error: {re.escape(str(src))}:5: column 'r' has a missing value, expected a number")

@@ -1,11 +1,14 @@
 """Tests for jaxrec.data.preprocess: dedup policies, k-core, dense ids and the (user, order) sort.
 
-Every expected value is worked out by hand from the tiny inputs written in each test.
+Every expected value is worked out by hand from the tiny inputs written in each test, except in the
+tests of the sorting helpers, which compare against numpy / pandas references on random inputs.
 """
 
 import numpy as np
+import pandas as pd
 import pytest
 
+from jaxrec.data import preprocess
 from jaxrec.data.preprocess import Raw, clean, compact, dedup, factorize, kcore_mask, stable_argsort
 from jaxrec.errors import InputError
 
@@ -124,3 +127,114 @@ def test_clean_dedup_before_positive_filter():
     cols, users, items, stats = _clean(raw, dedup_policy="last", threshold=4, positives_only=True)
     assert items.tolist() == [6] and cols["rating"].tolist() == [4]
     assert stats["rows_dropped_duplicates"] == 1 and stats["rows_dropped_not_positive"] == 1
+
+
+# ----------------------------------------------------------------------------------------------------
+# Sorting and grouping helpers (packed int64 sorts; see the comments in preprocess.py)
+
+
+def _count_passes(monkeypatch):
+    calls = []
+    real = preprocess._sort_pass
+    monkeypatch.setattr(preprocess, "_sort_pass", lambda *a: calls.append(1) or real(*a))
+    return calls
+
+
+@pytest.mark.parametrize("case, passes", [
+    ("one key with many ties", 1),
+    ("two keys, 3 + 41 + 10 row bits: one pass", 1),
+    ("user + timestamp-like, 21 + 40 + 10 bits: two passes", 2),
+    ("three wide keys, int32 on top: three passes", 3),
+    ("a full-range int64 key: stable argsort", 1),
+    ("a narrow key above a full-range one", 2),
+])
+def test_stable_argsort_equals_lexsort(monkeypatch, case, passes):
+    rng = np.random.default_rng(1)
+    n = 1000  # 10 bits of row index
+    keys = {
+        "one key with many ties": [rng.integers(0, 3, n)],
+        "two keys, 3 + 41 + 10 row bits: one pass": [rng.integers(0, 5, n), rng.integers(-2**40, 2**40, n)],
+        "user + timestamp-like, 21 + 40 + 10 bits: two passes": [rng.integers(0, 2**21, n), rng.integers(0, 2**40, n)],
+        "three wide keys, int32 on top: three passes": [rng.integers(0, 2**31 - 1, n).astype(np.int32),
+                                                        rng.integers(0, 2**40, n), rng.integers(0, 2**40, n)],
+        "a full-range int64 key: stable argsort": [np.r_[rng.integers(-2**63, 2**63 - 1, n - 2), -2**63, 2**63 - 1]],
+        "a narrow key above a full-range one": [rng.integers(0, 2, n), np.r_[rng.integers(-2**63, 2**63 - 1, n - 1), 2**63 - 1]],
+    }[case]
+    calls = _count_passes(monkeypatch)
+    assert stable_argsort(*keys).tolist() == np.lexsort(keys[::-1]).tolist()
+    assert len(calls) == passes
+
+
+def test_stable_argsort_ties_keep_input_order_across_passes(monkeypatch):
+    assert stable_argsort(np.zeros(50, np.int64)).tolist() == list(range(50))
+    # 31 + 41 + 3 bits: two passes. Rows 1 and 3 tie on both keys and stay in file order, as do
+    # rows 4 and 5, which the first pass (by time) must not swap either.
+    user = np.array([2**30, 0, 2**30, 0, 7, 7])
+    time = np.array([0, 2**40, 5, 2**40, 3, 3])
+    calls = _count_passes(monkeypatch)
+    assert stable_argsort(user, time).tolist() == [1, 3, 4, 5, 0, 2]
+    assert len(calls) == 2
+
+
+@pytest.mark.parametrize("span", [10, 2**40])  # 2**40: 41 + 41 + 9 bits do not fit, other code path
+def test_pair_ends_marks_first_and_last_occurrence(span):
+    rng = np.random.default_rng(2)
+    user = rng.integers(0, 4, 300) * span
+    item = rng.integers(0, 5, 300) * span
+    first, last = {}, {}
+    for pos, pair in enumerate(zip(user.tolist(), item.tolist())):
+        first.setdefault(pair, pos)
+        last[pair] = pos
+    assert np.flatnonzero(preprocess._pair_ends(user, item, last=False)).tolist() == sorted(first.values())
+    assert np.flatnonzero(preprocess._pair_ends(user, item, last=True)).tolist() == sorted(last.values())
+    assert preprocess._pair_ends(user[:0], item[:0], last=True).tolist() == []
+
+
+@pytest.mark.parametrize("values", [
+    np.array([5, 3, 3, 9, 0, 5]),                    # small non-negative ids: the lookup table
+    np.array([5, 3, 3, 9, 0, 5], np.int32),          # same with int32 ids
+    np.array([7, -2, 7, 4]),                         # negative ids: pandas
+    np.array([10**12, 3, 10**12, 8]),                # ids far above the row count: pandas
+    np.array(["b", "a", "c", "a"], dtype=object),    # strings: pandas
+])
+def test_factorize_equals_pandas_sorted_factorize(values):
+    want_codes, want_uniques = pd.factorize(values, sort=True)
+    for dtype in (np.int64, np.int32):
+        codes, uniques = factorize(values, dtype)
+        assert codes.dtype == dtype and codes.tolist() == want_codes.tolist()
+        assert uniques.dtype == np.asarray(want_uniques).dtype and uniques.tolist() == list(want_uniques)
+
+
+def test_compact_keeps_the_code_dtype():
+    new, kept = compact(np.array([2, 0, 2], np.int32), np.array([10, 20, 30]))
+    assert new.dtype == np.int32 and new.tolist() == [1, 0, 1] and kept.tolist() == [10, 30]
+
+
+@pytest.mark.parametrize("policy", ["first", "last"])
+def test_clean_single_sort_dedup_equals_dedup_then_sort(policy):
+    # clean() dedups first/last inside its (user, order) sort. Reference: pandas, sorting stably by
+    # (user, order) and dropping repeated (user, item) pairs, keeping the first/last.
+    rng = np.random.default_rng(3)
+    n = 2000
+    raw = _raw(user=rng.integers(0, 30, n) * 1000, item=rng.integers(0, 20, n), rating=rng.integers(1, 6, n),
+               order=rng.integers(0, 50, n) * 10**9)
+    cols, users, items, stats = _clean(raw, dedup_policy=policy)
+    df = pd.DataFrame({"user": raw.user, "item": raw.item, "rating": raw.rating, "order": raw.order})
+    want = df.sort_values(["user", "order"], kind="stable").drop_duplicates(["user", "item"], keep=policy)
+    assert users[cols["user"]].tolist() == want["user"].tolist()
+    assert items[cols["item"]].tolist() == want["item"].tolist()
+    assert cols["rating"].tolist() == want["rating"].tolist() and cols["order"].tolist() == want["order"].tolist()
+    assert stats["rows_dropped_duplicates"] == n - len(want)
+    # The other path (dedup mask, then one sort of the survivors) agrees.
+    keep = dedup(raw, policy, factorize(raw.user)[0], factorize(raw.item)[0])
+    assert int(keep.sum()) == len(want)
+
+
+def test_clean_release_ids_frees_id_columns_only():
+    raw = _raw(user=[50, 20, 50], item=[9, 3, 3], rating=[1, 2, 3], order=[7, 9, 7])
+    kept = _clean(_raw(raw.user, raw.item, raw.rating, raw.order))
+    got = clean(raw, dedup_policy="none", min_user=1, min_item=1, positive_threshold=None, positives_only=False,
+                release_ids=True)
+    assert raw.user is None and raw.item is None and raw.order is not None
+    assert all(np.array_equal(kept[0][k], got[0][k]) for k in kept[0])
+    assert np.array_equal(kept[1], got[1]) and np.array_equal(kept[2], got[2]) and kept[3] == got[3]
