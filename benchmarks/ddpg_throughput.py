@@ -1,0 +1,250 @@
+"""DDPG (DRR) training throughput on ML-1M: environment steps per second, updates included, ours against a seed-style loop.
+
+  python benchmarks/ddpg_throughput.py [--quick] [--repeats R] [--settings 1,64,256] [--torch-threads auto|1|2]
+                                      [--data DIR] [--seed S]
+
+Methodology
+-----------
+1. Data. The prepared ML-1M (``data/ml-1m``), split by users 80/10/10 with seed 0 (``user_split``), training
+   part only (``train_view``); the simulator replays those ratings (relevance threshold 4, as ``ddpg_id``).
+   Frozen embeddings: ``0.1 * N(0, 1)`` user [U, 100] and item [I, 100] tables, the same arrays for both
+   implementations (embedding training is not part of this benchmark).
+2. Ours: ``jaxrec.rl.ddpg.make_train`` at the ``DDPGConfig`` defaults (DRR-ave, actor/critic 128, batch 64,
+   PER, top-10, one batched update per vectorised environment step), ``n_envs`` = 1, 64, 256 parallel users.
+   Each setting is built, jit-compiled and warmed up (two untimed chunks, which also fill the replay past the
+   batch size so that every timed step updates) OUTSIDE the timed region; then each repeat times one
+   ``train(state, chunk)`` call to ``block_until_ready``. Environment steps = chunk x n_envs; updates = chunk.
+3. Baseline: ``benchmarks/baselines/ddpg_torch.py``: the same algorithm and sizes as a seed-style PyTorch
+   eager loop (one Python iteration per environment step, one user, one batch-64 update per step; see its
+   docstring for what it is and how it differs from the seed's code). It is always one user: for the 64-
+   and 256-user settings the comparison is in environment steps/s, against its 1-user rate. One agent is
+   built and warmed up (replay filled) once and keeps training across repeats; each repeat runs it for about
+   the wall time of ours' chunk (at least ``--min-baseline-s``), checking the clock every 8 steps.
+   Threads: ``--torch-threads auto`` (default) times 1 and 2 torch threads on short interleaved runs and
+   keeps the faster. On this 2-core machine under other users' load, 2 OpenMP threads can be 10-100x slower
+   than 1 (the threads wait on each other when one is descheduled), which would make the baseline a strawman.
+4. Repeats (default 7; ``--quick``: 3, with shorter chunks) alternate ours/baseline, swapping which goes first
+   each repeat, so that load from other processes hits both alike; reported numbers are MEDIANS of the
+   per-repeat rates. The 1-minute load average is printed before and after each setting (a warning when other
+   processes compete for the cores), with the processes' CPU seconds per step in ``notes``.
+5. Output: per setting one JSON line (DESIGN.md 2.5), ratio = ours / baseline (> 1: ours faster):
+   ``ddpg_env_steps_per_s_1user``, ``..._64users``, ``..._256users`` (the LAST line), with
+   ``updates_per_s_ours`` (vectorised steps/s = updates/s), ``updates_per_s_baseline``, two load-robustness
+   checks (``ratio_paired_median``: median over repeats of the ratio of the repeat's two rates;
+   ``ratio_cpu_time``: baseline / ours process CPU seconds per environment step) and ``notes``.
+   Goals (the issue): 1 user ratio >= 4; 64 and 256 users ratio >= 30.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from benchmarks.baselines import ddpg_torch  # noqa: E402
+from jaxrec.envs import simulator as sim_lib  # noqa: E402
+from jaxrec.rl import ddpg  # noqa: E402
+
+DIM = 100
+THRESHOLD = 4.0
+GOALS = {1: 4.0, 64: 30.0, 256: 30.0}
+# Vectorised steps per timed chunk of ours (about 1-3 s each on this CPU).
+CHUNK = {1: 600, 64: 300, 256: 150}
+CHUNK_QUICK = {1: 200, 64: 50, 256: 25}
+
+
+def device() -> str:
+    model = "unknown"
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"cpu: {model}, {len(os.sched_getaffinity(0))} cores"
+
+
+def load_note(when: str) -> float:
+    load, cores = os.getloadavg()[0], len(os.sched_getaffinity(0))
+    warn = " (other processes compete for the CPU: wall times inflated; ours/baseline interleaved)" if load > 0.5 * cores else ""
+    print(f"[{when}] 1-min load average {load:.2f} on {cores} cores{warn}", flush=True)
+    return load
+
+
+class Ours:
+    """One jitted jaxrec DDPG trainer with ``n_envs`` users, compiled and warmed up on construction."""
+
+    def __init__(self, train, emb: ddpg.Embeddings, n_envs: int, chunk: int, seed: int):
+        self.cfg = ddpg.DDPGConfig(dim=DIM, n_envs=n_envs)
+        self.cfg.validate()
+        scfg = self.cfg.sim_config(THRESHOLD)
+        sim = sim_lib.make_sim_data(train, scfg)
+        init, self.train, _ = ddpg.make_train(self.cfg, sim, scfg)
+        self.n_envs, self.chunk = n_envs, chunk
+        t0 = time.perf_counter()
+        self.state = init(jax.random.key(seed), emb)
+        for _ in range(2):  # compile, fill the replay past batch_size, and one steady untimed chunk
+            self.state, _ = self.train(self.state, chunk)
+        jax.block_until_ready(self.state)
+        self.warmup_s = time.perf_counter() - t0
+        assert int(self.state.updates) > 0 and int(self.state.replay.size) >= self.cfg.batch_size
+
+    def timed(self) -> tuple[float, float, int]:
+        """(wall s, process CPU s, vectorised steps) of one chunk."""
+        updates0 = int(self.state.updates)
+        c0, t0 = time.process_time(), time.perf_counter()
+        self.state, metrics = self.train(self.state, self.chunk)
+        jax.block_until_ready((self.state, metrics))
+        wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+        assert int(self.state.updates) - updates0 == self.chunk, "every timed step must make one update"
+        return wall, cpu, self.chunk
+
+
+class Baseline:
+    """The seed-style torch loop (one user), warmed up so that every timed step updates."""
+
+    def __init__(self, train, user_emb, item_emb, seed: int, threads: int):
+        self.agent, _ = ddpg_torch.build(train.user, train.item, train.rating, train.n_users, train.n_items,
+                                         user_emb, item_emb, seed=seed, positive_threshold=THRESHOLD,
+                                         num_threads=threads)
+        self.agent.run(ddpg_torch.DEFAULTS["batch_size"] + 16)
+        assert self.agent.updates > 0
+
+    def timed(self, seconds: float) -> tuple[float, float, int]:
+        """(wall s, process CPU s, steps) of a run of at least ``seconds``, checking the clock every 8 steps."""
+        agent, steps = self.agent, 0
+        updates0 = agent.updates
+        c0, t0 = time.process_time(), time.perf_counter()
+        while True:
+            for _ in range(8):
+                agent.step()
+            steps += 8
+            wall = time.perf_counter() - t0
+            if wall >= seconds:
+                break
+        cpu = time.process_time() - c0
+        assert agent.updates - updates0 == steps
+        return wall, cpu, steps
+
+
+def pick_torch_threads(base: Baseline, seconds: float) -> tuple[int, dict]:
+    """The faster of 1 and 2 torch threads on short interleaved runs (steps/s medians)."""
+    rates = {1: [], 2: []}
+    for r in range(3):
+        for n in ((1, 2) if r % 2 == 0 else (2, 1)):
+            torch.set_num_threads(n)
+            wall, _, steps = base.timed(seconds)
+            rates[n].append(steps / wall)
+    med = {n: statistics.median(v) for n, v in rates.items()}
+    best = max(med, key=med.get)
+    torch.set_num_threads(best)
+    return best, med
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="shorter chunks and 3 repeats")
+    p.add_argument("--repeats", type=int, help="timed repeats of each of ours / baseline per setting (default 7; --quick: 3)")
+    p.add_argument("--settings", default="1,64,256", help="comma-separated n_envs values (default 1,64,256)")
+    p.add_argument("--torch-threads", default="auto", choices=("auto", "1", "2"))
+    p.add_argument("--min-baseline-s", type=float, default=1.0, help="least wall time of one baseline repeat")
+    p.add_argument("--data", default=str(REPO / "data" / "ml-1m"))
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+    args.repeats = args.repeats or (3 if args.quick else 7)
+    args.settings = [int(s) for s in args.settings.split(",")]
+    if args.repeats < 1 or any(n < 1 for n in args.settings):
+        p.error("--repeats and --settings must be positive")
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    dev = device()
+    print(f"device: {dev}; jax {jax.__version__} ({jax.default_backend()}), torch {torch.__version__}", flush=True)
+    train = ddpg_torch.load_ml1m_train(args.data)
+    rng = np.random.default_rng(args.seed)
+    user_emb = (0.1 * rng.standard_normal((train.n_users, DIM))).astype(np.float32)
+    item_emb = (0.1 * rng.standard_normal((train.n_items, DIM))).astype(np.float32)
+    emb = ddpg.Embeddings(user=jnp.asarray(user_emb), item=jnp.asarray(item_emb))
+    print(f"data: {len(train.user):,} training ratings, {train.n_users} users, {train.n_items} items", flush=True)
+
+    threads = 1 if args.torch_threads == "auto" else int(args.torch_threads)
+    base = Baseline(train, user_emb, item_emb, args.seed, threads)
+    if args.torch_threads == "auto":
+        threads, med = pick_torch_threads(base, 0.5 if args.quick else 1.0)
+        print(f"baseline torch threads: {threads} (steps/s medians: 1 thread {med[1]:.1f}, 2 threads {med[2]:.1f})",
+              flush=True)
+
+    chunks = CHUNK_QUICK if args.quick else CHUNK
+    for n_envs in args.settings:
+        chunk = chunks.get(n_envs, max(10, 25_600 // n_envs))
+        ours = Ours(train, emb, n_envs, chunk, args.seed)
+        print(f"--- {n_envs} user(s): ours compiled and warmed up in {ours.warmup_s:.1f} s (not timed); "
+              f"chunk = {chunk} vectorised steps", flush=True)
+        load0 = load_note("before")
+        res = {"ours": [], "baseline": []}
+        for r in range(args.repeats):
+            order = ("ours", "baseline") if r % 2 == 0 else ("baseline", "ours")
+            last_ours_wall = None
+            for name in order:
+                if name == "ours":
+                    wall, cpu, steps = ours.timed()
+                    last_ours_wall = wall
+                    env_steps = steps * n_envs
+                else:
+                    target = max(args.min_baseline_s, last_ours_wall or (res["ours"][-1][0] if res["ours"] else 0.0))
+                    wall, cpu, steps = base.timed(target)
+                    env_steps = steps
+                res[name].append((wall, cpu, steps, env_steps))
+                print(f"repeat {r + 1}/{args.repeats} {name:8s}: {env_steps:7d} env steps, {steps:5d} updates in "
+                      f"{wall:6.2f} s ({cpu:6.2f} s CPU): {env_steps / wall:10.1f} env steps/s, "
+                      f"{steps / wall:7.1f} updates/s", flush=True)
+        load1 = load_note("after")
+
+        def med(name, f):
+            return statistics.median(f(*x) for x in res[name])
+
+        ours_eps = med("ours", lambda w, c, s, e: e / w)
+        base_eps = med("baseline", lambda w, c, s, e: e / w)
+        ours_ups = med("ours", lambda w, c, s, e: s / w)
+        ours_cpu_us = med("ours", lambda w, c, s, e: 1e6 * c / e)
+        base_cpu_us = med("baseline", lambda w, c, s, e: 1e6 * c / e)
+        ratio = ours_eps / base_eps
+        # Robustness checks under load: the median of per-repeat (paired) ratios, and the ratio of CPU time per env step.
+        paired = statistics.median((o[3] / o[0]) / (b[3] / b[0]) for o, b in zip(res["ours"], res["baseline"]))
+        goal = GOALS.get(n_envs)
+        suffix = "1user" if n_envs == 1 else f"{n_envs}users"
+        notes = (f"medians of {args.repeats} interleaved repeats; ours = jaxrec.rl.ddpg at DDPGConfig defaults, "
+                 f"n_envs={n_envs}, one batch-64 update per vectorised step, {chunk}-step jitted chunks; "
+                 f"baseline = benchmarks/baselines/ddpg_torch.py (seed-style torch eager loop, 1 user, 1 update/step, "
+                 f"{threads} torch thread(s)); process CPU us per env step: ours {ours_cpu_us:.1f}, baseline "
+                 f"{base_cpu_us:.1f}; 1-min load avg {load0:.1f} -> {load1:.1f} on 2 cores (shared machine)"
+                 + (f"; goal ratio >= {goal:g}: {'met' if ratio >= goal else 'NOT met'}" if goal else ""))
+        line = json.dumps({
+            "metric": f"ddpg_env_steps_per_s_{suffix}", "ours": round(ours_eps, 1), "baseline": round(base_eps, 1),
+            "ratio": round(ratio, 2), "unit": "env_steps/s", "device": dev,
+            "updates_per_s_ours": round(ours_ups, 1), "updates_per_s_baseline": round(base_eps, 1),
+            "n_envs": n_envs, "ratio_paired_median": round(paired, 2), "ratio_cpu_time": round(base_cpu_us / ours_cpu_us, 2),
+            "notes": notes,
+        })
+        print(line, flush=True)
+        del ours
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
