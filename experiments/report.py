@@ -50,10 +50,10 @@ def table(finals: list[tuple[str, dict]], protocol: str, metrics: list[str], par
 
 def replace_section(readme: Path, name: str, text: str):
     src = readme.read_text()
-    pattern = re.compile(rf"(<!-- table:{re.escape(name)} -->\n).*?(\n<!-- /table:{re.escape(name)} -->)", re.S)
+    pattern = re.compile(rf"(<!-- table:{re.escape(name)} -->\n)(?:.*?\n)?(<!-- /table:{re.escape(name)} -->)", re.S)
     if not pattern.search(src):
         raise InputError(readme, f"no '<!-- table:{name} -->' ... '<!-- /table:{name} -->' markers")
-    readme.write_text(pattern.sub(lambda m: m.group(1) + text + m.group(2), src))
+    readme.write_text(pattern.sub(lambda m: m.group(1) + text + "\n" + m.group(2), src))
 
 
 def main_args(argv):
