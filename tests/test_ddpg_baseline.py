@@ -151,7 +151,7 @@ def test_one_update_matches_ours():
         buf.add(int(tr.user[i]), np.asarray(tr.items[i]), np.asarray(tr.action[i]), float(tr.reward[i]),
                 np.asarray(tr.next_items[i]), bool(tr.done[i]))
     buf.update_priorities(np.arange(n), rng.random(n))  # overwritten below with ours' leaves
-    leaves = np.asarray(state.replay.tree)[state.replay.leaf_offset:]
+    leaves = np.asarray(state.replay.priorities)
     for i in range(n):
         buf._set(i, float(leaves[i]))
     buf.max_priority = float(state.replay.max_priority)
@@ -175,7 +175,7 @@ def test_one_update_matches_ours():
             np.testing.assert_allclose(y, x, rtol=1e-4, atol=1e-6)
     # The update moved the parameters (Adam's first step is ~lr per entry), so the match is not vacuous.
     assert not np.allclose(_flat_flax(new.actor, dense_a)[1], _flat_flax(state.actor, dense_a)[1], atol=1e-6)
-    new_leaves = np.asarray(new.replay.tree)[new.replay.leaf_offset:new.replay.leaf_offset + n]
+    new_leaves = np.asarray(new.replay.priorities)[:n]
     np.testing.assert_allclose([buf.tree[buf.leaf0 + i] for i in range(n)], new_leaves, rtol=1e-4)
     assert buf.max_priority == pytest.approx(float(new.replay.max_priority), rel=1e-5)
 

@@ -1,7 +1,9 @@
 """Tests for jaxrec.rl.replay (uniform and proportional prioritized replay).
 
 Expected contents, priorities and weights are worked out by hand in the comments and written as
-literals; the randomised consistency test checks the tree against a numpy model of the leaves.
+literals; the randomised consistency test checks the priority table against a numpy model of the
+leaves. Most tests also run with a narrow ``row_width`` so that the table has several rows and the
+row-level search, the row guards and the per-row statistics are exercised, not just one flat row.
 """
 
 import functools
@@ -24,17 +26,23 @@ def _batch(values):
 
 
 def _leaves(state):
-    return np.asarray(state.tree)[state.leaf_offset:]
+    return np.asarray(state.priorities)
 
 
-def _check_tree(state):
-    """Every internal node is exactly fl(left + right) / min(left, right) of its children."""
-    s, m = np.asarray(state.tree), np.asarray(state.min_tree)
-    p = state.leaf_offset
-    for node in range(1, p):
-        assert s[node] == np.float32(s[2 * node] + s[2 * node + 1]), node
-        assert m[node] == min(m[2 * node], m[2 * node + 1]), node
-    np.testing.assert_allclose(s[1], np.sum(s[p:], dtype=np.float64), rtol=1e-5)
+def _check_table(state):
+    """Table invariants: each row sum is (bit-exactly) the reduction of its current leaves, each row
+    min is the min over its filled slots (+inf if none), padding is 0 and the total is the leaf sum."""
+    leaves, n_rows, width = np.asarray(state.leaves), *state.leaves.shape
+    assert state.row_sums.shape == state.row_mins.shape == (n_rows,)
+    assert n_rows == -(-state.capacity // width)
+    # Recomputed, never delta-updated: bit-identical to a fresh reduction of the same leaves.
+    np.testing.assert_array_equal(state.row_sums, jnp.sum(state.leaves, axis=1))
+    np.testing.assert_allclose(state.row_sums, leaves.sum(axis=1, dtype=np.float64), rtol=1e-6)
+    filled = np.arange(n_rows * width).reshape(n_rows, width) < int(state.size)
+    np.testing.assert_array_equal(state.row_mins, np.where(filled, leaves, np.inf).min(axis=1))
+    assert np.all(leaves.reshape(-1)[state.capacity:] == 0)  # padding slots are never drawn
+    np.testing.assert_allclose(np.sum(np.asarray(state.row_sums), dtype=np.float64),
+                               np.sum(leaves, dtype=np.float64), rtol=1e-6)
 
 
 def _set_priorities(state, priorities, alpha=1.0):
@@ -48,8 +56,9 @@ def _set_priorities(state, priorities, alpha=1.0):
 # add
 
 
-def test_add_wraps_around_exact_contents():
-    st = R.init(EX, 5, prioritized=True)
+@pytest.mark.parametrize("row_width", [None, 2])
+def test_add_wraps_around_exact_contents(row_width):
+    st = R.init(EX, 5, prioritized=True, row_width=row_width)
     st = R.add(st, _batch([0, 1, 2]))
     np.testing.assert_array_equal(st.data["act"], [0, 1, 2, 0, 0])
     assert (int(st.ptr), int(st.size)) == (3, 3)
@@ -58,8 +67,8 @@ def test_add_wraps_around_exact_contents():
     np.testing.assert_array_equal(st.data["act"], [5, 6, 2, 3, 4])
     np.testing.assert_array_equal(st.data["obs"], [[5, -5], [6, -6], [2, -2], [3, -3], [4, -4]])
     assert (int(st.ptr), int(st.size)) == (2, 5)
-    np.testing.assert_array_equal(_leaves(st), [1, 1, 1, 1, 1, 0, 0, 0])
-    _check_tree(st)
+    np.testing.assert_array_equal(_leaves(st), [1, 1, 1, 1, 1, 0, 0, 0][:st.leaves.size])
+    _check_table(st)
 
 
 def test_add_batch_larger_than_capacity_keeps_last_items():
@@ -75,7 +84,7 @@ def test_add_batch_larger_than_capacity_keeps_last_items():
     np.testing.assert_array_equal(st.data["act"], [25, 22, 23, 24])
     assert (int(st.ptr), int(st.size)) == (1, 4)
     np.testing.assert_array_equal(_leaves(st), [1, 1, 1, 1])
-    _check_tree(st)
+    _check_table(st)
 
 
 def test_add_rejects_mismatched_shape_and_dtype():
@@ -91,12 +100,22 @@ def test_add_rejects_mismatched_shape_and_dtype():
 def test_init_layout():
     st = R.init({"a": jax.ShapeDtypeStruct((3,), jnp.float32), "b": np.zeros((), np.float64)}, 6)
     assert st.data["a"].shape == (6, 3) and st.data["b"].dtype == jnp.float32
-    assert st.tree.shape == (16,) and st.leaf_offset == 8 and st.depth == 3  # P = 8 >= 6
-    assert np.all(np.isinf(st.min_tree)) and float(st.max_priority) == 1.0
+    assert st.leaves.shape == (1, 8) and st.row_width == 8  # small buffer: one row of P = 8 >= 6
+    assert np.all(np.asarray(st.leaves) == 0) and np.all(np.asarray(st.row_sums) == 0)
+    assert np.all(np.isinf(st.row_mins)) and float(st.max_priority) == 1.0
+    # Default width min(256, P): capacity 1000 -> 4 rows of 256 (24 padding slots).
+    big = R.init(EX, 1000)
+    assert big.leaves.shape == (4, 256) and big.row_sums.shape == big.row_mins.shape == (4,)
+    assert R.init(EX, 6, row_width=4).leaves.shape == (2, 4)
+    # Compatibility view of the former sum-tree layout: tree[leaf_offset + i] is slot i's priority.
+    assert st.leaf_offset == 0 and st.tree.shape == (8,)
     u = R.init(EX, 6, prioritized=False)
-    assert u.tree.shape == (1,)  # placeholder: orbax cannot save zero-size arrays
+    # placeholders: orbax cannot save zero-size arrays
+    assert u.leaves.shape == (1, 1) and u.row_sums.shape == u.row_mins.shape == (1,)
     with pytest.raises(ValueError):
         R.init(EX, 0)
+    with pytest.raises(ValueError):
+        R.init(EX, 6, row_width=0)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -120,8 +139,9 @@ def test_uniform_sampling_only_filled_unit_weights():
 # prioritized sampling
 
 
-def test_prioritized_frequencies_chi_square():
-    st = R.add(R.init(EX, 8), _batch(np.arange(6)))  # 6 of 8 slots filled
+@pytest.mark.parametrize("row_width", [None, 2, 4])
+def test_prioritized_frequencies_chi_square(row_width):
+    st = R.add(R.init(EX, 8, row_width=row_width), _batch(np.arange(6)))  # 6 of 8 slots filled
     pr = np.array([1, 2, 3, 4, 5, 6], np.float32)
     st = _set_priorities(st, pr)
     np.testing.assert_array_equal(_leaves(st), [1, 2, 3, 4, 5, 6, 0, 0])
@@ -136,10 +156,12 @@ def test_prioritized_frequencies_chi_square():
     assert chi2 < 30, (counts, expected, chi2)
 
 
-def test_stratified_counts_within_two_of_expectation():
+@pytest.mark.parametrize("row_width", [None, 2, 4])
+def test_stratified_counts_within_two_of_expectation(row_width):
     # With one draw per segment of width total/B, an item of mass m gets B*m/total +- 2 draws
     # whatever the key: the fully covered segments give exactly one draw each, the two edges 0 or 1.
-    st = _set_priorities(R.add(R.init(EX, 8), _batch(np.arange(6))), [0.5, 3, 1, 2.5, 2, 1])
+    st = R.add(R.init(EX, 8, row_width=row_width), _batch(np.arange(6)))
+    st = _set_priorities(st, [0.5, 3, 1, 2.5, 2, 1])
     for seed in range(3):
         _, idx, _ = R.sample(st, jax.random.key(seed), 1000, 0.4)
         counts = np.bincount(np.asarray(idx), minlength=8)
@@ -147,8 +169,9 @@ def test_stratified_counts_within_two_of_expectation():
         assert counts[6:].sum() == 0
 
 
-def test_importance_weights_hand_computed():
-    st = R.add(R.init(EX, 4), _batch(np.arange(4)))
+@pytest.mark.parametrize("row_width", [None, 2])
+def test_importance_weights_hand_computed(row_width):
+    st = R.add(R.init(EX, 4, row_width=row_width), _batch(np.arange(4)))
     # alpha = 0.5, eps = 0: p = sqrt(|delta|) = [1, 2, 4, 8]; total 15, N = 4, beta = 0.5.
     st = R.update_priorities(st, jnp.arange(4), jnp.array([1.0, -4.0, 16.0, -64.0]), 0.5, eps=0.0)
     np.testing.assert_array_equal(_leaves(st), [1, 2, 4, 8])
@@ -180,20 +203,31 @@ def test_importance_weights_deterministic_batch():
         np.testing.assert_array_equal(batch["act"], idx)
 
 
-def test_descent_right_edge_never_lands_on_empty_leaf():
-    st = R.add(R.init(EX, 8), _batch([0, 1, 2]))  # leaves [1, 1, 1, 0, 0, 0, 0, 0], total 3
+@pytest.mark.parametrize("row_width", [None, 1, 2, 4])
+def test_search_right_edge_never_lands_on_empty_leaf(row_width):
+    # leaves [1, 1, 1, 0, 0, 0, 0, 0], total 3; with W = 2 the rows are [1, 1 | 1, 0 | 0, 0 | 0, 0].
+    st = R.add(R.init(EX, 8, row_width=row_width), _batch([0, 1, 2]))
     total = np.float32(3.0)
     u = jnp.array([0.0, 0.999999, 1.0, 2.5, total, np.nextafter(total, np.float32(4)), 1e9], jnp.float32)
-    np.testing.assert_array_equal(jax.vmap(lambda x: R._descend(st, x))(u), [0, 0, 1, 2, 2, 2, 2])
+    np.testing.assert_array_equal(R._locate(st, u), [0, 0, 1, 2, 2, 2, 2])
     # A zero-priority filled slot (eps = 0, delta = 0) in the middle is skipped at the boundary too.
     z = R.update_priorities(st, jnp.array([1]), jnp.array([0.0]), 1.0, eps=0.0)
     u = jnp.array([0.5, 1.0, 1.5, 2.0, 7.0], jnp.float32)
-    np.testing.assert_array_equal(jax.vmap(lambda x: R._descend(z, x))(u), [0, 2, 2, 2, 2])
+    np.testing.assert_array_equal(R._locate(z, u), [0, 2, 2, 2, 2])
+    # A whole zero-mass row in the middle (W = 2: slots 2, 3 zeroed, leaves [1, 1 | 0, 0 | 1, 1 | 0, 0])
+    # is skipped both inside the mass and at the right edge, and sampling never returns it.
+    st = R.add(R.init(EX, 8, row_width=row_width), _batch(np.arange(6)))
+    z = R.update_priorities(st, jnp.array([2, 3]), jnp.array([0.0, 0.0]), 1.0, eps=0.0)
+    u = jnp.array([0.0, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0, 1e9], jnp.float32)
+    np.testing.assert_array_equal(R._locate(z, u), [0, 1, 4, 4, 5, 5, 5, 5])
+    _, idx, _ = R.sample(z, jax.random.key(0), 1000, 0.4)
+    assert set(np.asarray(idx).tolist()) == {0, 1, 4, 5}
+    _check_table(z)
 
 
 def test_capacity_one():
     st = R.add(R.init(EX, 1), _batch([3, 4]))
-    assert st.tree.shape == (2,) and float(st.tree[1]) == 1.0
+    assert st.leaves.shape == (1, 1) and float(st.row_sums[0]) == 1.0
     batch, idx, w = R.sample(st, jax.random.key(0), 5, 0.4)
     np.testing.assert_array_equal(idx, np.zeros(5))
     np.testing.assert_array_equal(batch["act"], np.full(5, 4))
@@ -204,31 +238,34 @@ def test_capacity_one():
 # update_priorities and max_priority
 
 
-def test_update_priorities_duplicates_last_wins_and_tree_consistent():
-    st = R.add(R.init(EX, 6), _batch(np.arange(6)))  # P = 8: leaves 6, 7 are padding
+@pytest.mark.parametrize("row_width", [None, 2, 4])
+def test_update_priorities_duplicates_last_wins_and_table_consistent(row_width):
+    st = R.add(R.init(EX, 6, row_width=row_width), _batch(np.arange(6)))  # P = 8: 6, 7 are padding
     idx = jnp.array([2, 5, 2, 0, 5, 2])
     td = jnp.array([0.5, -5.0, 1.5, 2.0, 0.25, -4.0])
     alpha, eps = 0.6, 1e-6
     new = R.update_priorities(st, idx, td, alpha, eps)
     p = (np.abs(np.asarray(td, np.float32)) + np.float32(eps)) ** np.float32(alpha)
     # Last occurrences: slot 2 <- td[5], slot 5 <- td[4], slot 0 <- td[3]; 1, 3, 4 keep priority 1.
-    np.testing.assert_allclose(_leaves(new), [p[3], 1, p[5], 1, 1, p[4], 0, 0], rtol=1e-6)
+    np.testing.assert_allclose(_leaves(new), [p[3], 1, p[5], 1, 1, p[4], 0, 0][:new.leaves.size], rtol=1e-6)
     # alpha applied once: the leaf for td = -4 is (4 + eps) ** 0.6 = 2.2973967, not that ** 0.6.
     np.testing.assert_allclose(_leaves(new)[2], 2.2973967, rtol=1e-6)
-    _check_tree(new)
-    np.testing.assert_allclose(new.min_tree[1], p[4], rtol=1e-6)  # 0.25 ** 0.6 = 0.4352
+    _check_table(new)
+    np.testing.assert_allclose(jnp.min(new.row_mins), p[4], rtol=1e-6)  # 0.25 ** 0.6 = 0.4352
     # td[1] = -5 was overwritten within the batch, but the running max still saw it.
     np.testing.assert_allclose(new.max_priority, p[1], rtol=1e-6)
     # Same result as applying the six updates one by one.
     seq = st
     for i in range(6):
         seq = R.update_priorities(seq, idx[i:i + 1], td[i:i + 1], alpha, eps)
-    np.testing.assert_array_equal(seq.tree, new.tree)
-    np.testing.assert_array_equal(seq.min_tree, new.min_tree)
+    np.testing.assert_array_equal(seq.leaves, new.leaves)
+    np.testing.assert_array_equal(seq.row_sums, new.row_sums)  # bit-exact: recomputed, not deltas
+    np.testing.assert_array_equal(seq.row_mins, new.row_mins)
 
 
-def test_max_priority_for_new_items():
-    st = R.add(R.init(EX, 8), _batch([0, 1]))
+@pytest.mark.parametrize("row_width", [None, 2])
+def test_max_priority_for_new_items(row_width):
+    st = R.add(R.init(EX, 8, row_width=row_width), _batch([0, 1]))
     np.testing.assert_array_equal(_leaves(st)[:2], [1, 1])  # initial max_priority = 1
     st = R.update_priorities(st, jnp.array([0, 1]), jnp.array([3.0, 0.1]), 0.5, eps=0.0)
     np.testing.assert_allclose(st.max_priority, np.sqrt(3.0), rtol=1e-6)
@@ -237,7 +274,7 @@ def test_max_priority_for_new_items():
     st = R.add(st, _batch([2, 3]))
     # New leaves are max_priority itself (already p ** alpha), not max_priority ** alpha = 3 ** .25.
     np.testing.assert_allclose(_leaves(st)[:4], [0.1, np.sqrt(0.1), np.sqrt(3.0), np.sqrt(3.0)], rtol=1e-6)
-    _check_tree(st)
+    _check_table(st)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -254,13 +291,13 @@ def _step(state, xs):
     return state, (idx, w, batch["act"])
 
 
-@pytest.mark.parametrize("prioritized", [True, False])
-def test_scan_equals_python_loop(prioritized):
+@pytest.mark.parametrize("prioritized,row_width", [(True, None), (True, 4), (False, None)])
+def test_scan_equals_python_loop(prioritized, row_width):
     steps, b = 6, 3
     vals = np.arange(steps * b).reshape(steps, b) + 1
     batches = jax.tree.map(lambda x: x.reshape((steps, b) + x.shape[1:]), _batch(vals.ravel()))
     xs = (batches, jax.random.split(jax.random.key(1), steps))
-    st0 = R.init(EX, 10, prioritized)  # 18 adds into 10 slots: wraps
+    st0 = R.init(EX, 10, prioritized, row_width=row_width)  # 18 adds into 10 slots: wraps
     st_scan, out_scan = jax.jit(lambda s, x: jax.lax.scan(_step, s, x))(st0, xs)
     st_py, outs = st0, []
     for t in range(steps):
@@ -271,23 +308,25 @@ def test_scan_equals_python_loop(prioritized):
     chex.assert_trees_all_close(st_scan, st_py, rtol=1e-6)
     # And under plain jit, step by step, with the state donated (in-place writes).
     jstep = jax.jit(_step, donate_argnums=0)
-    st_j = R.init(EX, 10, prioritized)
+    st_j = R.init(EX, 10, prioritized, row_width=row_width)
     for t in range(steps):
         st_j, _ = jstep(st_j, jax.tree.map(lambda x: x[t], xs))
     chex.assert_trees_all_close(st_j, st_py, rtol=1e-6)
     if prioritized:
-        _check_tree(st_scan)
+        _check_table(st_scan)
 
 
-def test_vmap_over_independent_buffers():
+@pytest.mark.parametrize("row_width", [None, 4])
+def test_vmap_over_independent_buffers(row_width):
     # Same shapes as the scan test (capacity 10, B = 3), so the one-by-one reference reuses its cache.
-    st = jax.vmap(lambda _: R.init(EX, 10))(jnp.arange(2))
+    st = jax.vmap(lambda _: R.init(EX, 10, row_width=row_width))(jnp.arange(2))
     batches = _batch(np.arange(1, 7))
     batches = jax.tree.map(lambda x: x.reshape((2, 3) + x.shape[1:]), batches)
     keys = jax.random.split(jax.random.key(3), 2)
     st_v, out_v = jax.jit(jax.vmap(_step))(st, (batches, keys))
     for i in range(2):
-        st_i, out_i = _step(R.init(EX, 10), jax.tree.map(lambda x: x[i], (batches, keys)))
+        st_i, out_i = _step(R.init(EX, 10, row_width=row_width),
+                            jax.tree.map(lambda x: x[i], (batches, keys)))
         chex.assert_trees_all_close(jax.tree.map(lambda x: x[i], (st_v, out_v)), (st_i, out_i), rtol=1e-6)
 
 
@@ -295,12 +334,14 @@ def test_vmap_over_independent_buffers():
 # randomised consistency against a numpy model
 
 
-def test_sum_tree_consistent_after_many_random_ops():
+@pytest.mark.parametrize("row_width", [None, 8])
+def test_table_consistent_after_many_random_ops(row_width):
     rng = np.random.default_rng(0)
-    cap, alpha, eps = 37, 0.7, 1e-6  # not a power of two: P = 64, 27 padding leaves
+    # Not a power of two: one row of P = 64 (27 padding leaves), or 5 rows of 8 (3 padding leaves).
+    cap, alpha, eps = 37, 0.7, 1e-6
     add = jax.jit(R.add)
     upd = jax.jit(functools.partial(R.update_priorities, alpha=alpha, eps=eps))
-    st = R.init(EX, cap)
+    st = R.init(EX, cap, row_width=row_width)
     ref, ptr, size, maxp, n = np.zeros(cap, np.float32), 0, 0, np.float32(1.0), 0
     for it in range(60):
         b = int(rng.choice([5, 40]))  # 40 > capacity
@@ -320,7 +361,7 @@ def test_sum_tree_consistent_after_many_random_ops():
         np.testing.assert_allclose(_leaves(st)[:cap], ref, rtol=2e-6)
         assert np.all(_leaves(st)[cap:] == 0)
         np.testing.assert_allclose(st.max_priority, maxp, rtol=2e-6)
-        _check_tree(st)
+        _check_table(st)
     # Data holds the last 37 values written, in ring order.
     last = np.arange(n - cap, n)
     np.testing.assert_array_equal(np.asarray(st.data["act"])[(np.arange(n - cap, n)) % cap], last)
