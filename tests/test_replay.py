@@ -107,8 +107,7 @@ def test_init_layout():
     big = R.init(EX, 1000)
     assert big.leaves.shape == (4, 256) and big.row_sums.shape == big.row_mins.shape == (4,)
     assert R.init(EX, 6, row_width=4).leaves.shape == (2, 4)
-    # Compatibility view of the former sum-tree layout: tree[leaf_offset + i] is slot i's priority.
-    assert st.leaf_offset == 0 and st.tree.shape == (8,)
+    assert st.priorities.shape == (8,)
     u = R.init(EX, 6, prioritized=False)
     # placeholders: orbax cannot save zero-size arrays
     assert u.leaves.shape == (1, 1) and u.row_sums.shape == u.row_mins.shape == (1,)
