@@ -1,7 +1,7 @@
 """Experiment registry: name -> ``Experiment`` (config factory, trainer factory, --quick overrides)."""
 from __future__ import annotations
 
-from experiments import ddpg, mf, popularity
+from experiments import ddpg, mf, popularity, sequential
 from experiments.harness import Experiment
 
 EXPERIMENTS: dict[str, Experiment] = {}
@@ -24,3 +24,4 @@ register(Experiment(
 ))
 register(mf.EXPERIMENT)
 register(ddpg.EXPERIMENT)
+for _exp in sequential.EXPERIMENTS: register(_exp)

@@ -1,0 +1,498 @@
+"""Self-supervised Q-learning for sequential recommendation: SQN (Xin et al., SIGIR 2020) with
+multi-step self-supervision and TD(λ) targets over n steps (the M3S seed, SEEDS_SPEC B, corrected).
+
+One network = a sequence state encoder with heads over all items (``jaxrec.nets.sequence``): a
+supervised next-item head (cross-entropy; it ranks items at evaluation, as in SQN) and one or two Q
+heads trained by double Q-learning on λ-returns. Everything that changes lives in one ``TrainingState``; the factories
+follow the brax SAC layout: ``make_losses`` -> ``make_update`` -> ``make_train``.
+
+Losses of one training sample (state ``s_t``, action ``a_t``; weights from ``SQNConfig``):
+
+* supervised: ``CE(logits(s_t), a_t)`` (SQN eq. 1).
+* self-supervision over the next n items (``ssl``): ``future_states`` (the seed's intended term with its
+  bugs fixed, SEEDS_SPEC C: gradient through the main network, target = the item logged after each
+  future state) is ``mean_{j=1..n-1} CE(logits(s_{t+j}), a_{t+j})``; ``ahead`` predicts the same items
+  from the current state, ``mean_j CE(logits(s_t), a_{t+j})``.
+* TD(λ): ``(Q(s_t, a_t) - G^λ_t)^2`` with ``G^λ_t`` the λ-return of the n logged steps from t
+  (``jaxrec.rl.returns.lambda_returns``, Sutton & Barto eq. 12.18; the seed's weights summed to λ
+  instead of 1, SEEDS_SPEC B6.2) and bootstrap values from double Q-learning (van Hasselt 2010): one
+  estimator picks ``a* = argmax_a Q_A(s', a)``, the other one's target copy values it,
+  ``v(s') = Q'_B(s', a*)``. ``double_q`` chooses the two estimators:
+
+  - ``heads`` (default): two Q heads on the shared encoder, both trained every update, each
+    bootstrapping from the other's target head; the encoder and the supervised head learn from every
+    batch, as a supervised-only model does;
+  - ``networks``: two whole networks and a fair coin per update picking which one learns from the
+    other (SQN section 3.3, and the seed): each network sees half of the updates;
+  - ``none``: one head bootstrapping from its own target copy (double DQN, van Hasselt et al. 2016).
+
+  Target copies are Polyak averages with rate ``target_tau`` (1: the online parameters themselves).
+* negatives (SNQN, Xin et al. 2022): ``negatives`` items other than ``a_t`` sampled uniformly, with
+  reward ``neg_reward`` (0: not clicked) and target ``neg_reward + gamma * v(s_t)`` (the state does not
+  change when a recommendation is ignored; ``neg_next="next"`` uses ``s_{t+1}``); the seed sampled them
+  but never used them (B6.4).
+
+A training batch is ``batch_size`` samples drawn as ``batch_size / chunk`` chunks of ``chunk``
+consecutive transitions of one user (``jaxrec.data.sequences``); each chunk's item sequence is encoded
+once per network and every state the losses need (its samples' states and the n states after each) is
+read off that encoding.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Literal
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import struct
+from jax.flatten_util import ravel_pytree
+
+from jaxrec.errors import ConfigError
+from jaxrec.nets.sequence import SequenceNetwork
+from jaxrec.rl.returns import lambda_returns
+
+
+@dataclasses.dataclass
+class SQNConfig:
+    backbone: Literal["transformer", "gru"] = "transformer"
+    """State encoder: a transformer (the seed's, SASRec-like) or a GRU (GRU4Rec-like)."""
+    window: int = 10
+    """N: items in a state (the seed's state_size)."""
+    dim: int = 64
+    """Embedding and hidden size d (the seed's 64)."""
+    heads: int = 1
+    """Attention heads (the seed's 1)."""
+    layers: int = 1
+    """Encoder layers (the seed's 1); only one post-norm causal layer pooled at the last position
+    shares encodings across shifted windows, other settings encode each window separately."""
+    ff_dim: int = 256
+    """Feed-forward width of each layer (the seed inherited PyTorch's default 2048)."""
+    dropout: float = 0.1
+    """Dropout on attention weights, residual branches and the feed-forward hidden layer."""
+    causal: bool = True
+    """Causal attention within the window (False: bidirectional, as the seed's unmasked encoder)."""
+    pooling: Literal["last", "mean"] = "last"
+    """State = output at the newest item, or the masked mean over the window (the seed's)."""
+    norm: Literal["post", "pre"] = "post"
+    """Post-norm layers (the seed's PyTorch default) or pre-norm."""
+    n_steps: int = 6
+    """n: logged steps in the multi-step targets (λ-return horizon and self-supervision span)."""
+    gamma: float = 0.5
+    """Discount factor (the seed's and SQN's 0.5)."""
+    lam: float = 0.8
+    """λ of the λ-return (0: one-step TD targets, 1: n-step Monte-Carlo return bootstrapped once)."""
+    sup_weight: float = 0.8
+    """Weight of the supervised cross-entropy (the seed: 0.8 * CE + 0.2 * RL terms)."""
+    q_weight: float = 0.2
+    """Weight of the TD loss plus the negative-sample loss; 0 disables Q-learning (supervised only)."""
+    ssl: Literal["none", "future_states", "ahead"] = "future_states"
+    """Multi-step self-supervision: none; CE of each future state s_{t+j} on its logged item a_{t+j}
+    (the seed's intended term, fixed); or CE of the current state on each of the next items."""
+    ssl_weight: float = 0.2
+    """Weight of the self-supervised loss (mean over the n-1 future steps)."""
+    negatives: int = 10
+    """Negative items sampled per sample for the Q head (0: none)."""
+    neg_reward: float = 0.0
+    """Reward of a sampled negative (an item the user did not pick)."""
+    neg_next: Literal["same", "next"] = "same"
+    """Bootstrap state of a negative: the unchanged state s_t (SNQN) or the next state s_{t+1}."""
+    double_q: Literal["heads", "networks", "none"] = "heads"
+    """Double Q-learning with two Q heads on the shared encoder (both trained every update), with two
+    networks switched by a coin per update (SQN, the seed), or none (one head, its own target copy)."""
+    target_tau: float = 0.01
+    """Polyak rate of the target copies per update (1: the online parameters themselves, as SQN)."""
+    bootstrap_at_end: bool = False
+    """Treat the end of a user's training history as a cut (bootstrap) instead of an episode end."""
+    lr: float = 1e-3
+    """Adam learning rate (the seed's 1e-3)."""
+    weight_decay: float = 0.0
+    """Decoupled weight decay (AdamW) on all parameters; 0 = Adam."""
+    grad_clip: float = 0.0
+    """Clip the global gradient norm to this value; 0 = no clipping."""
+    batch_size: int = 2048
+    """Training samples per update (the seed's 2048); a multiple of chunk."""
+    chunk: int = 8
+    """Consecutive transitions of one user per encoded sequence (1: independent transitions)."""
+    micro_batches: int = 4
+    """Accumulate each update's gradient over this many slices of the batch: the same update, with the
+    step's temporary memory divided by it."""
+    min_history: int = 1
+    """First history position that is a training sample (0 also trains on the empty state)."""
+    rank_by: Literal["sup", "q"] = "sup"
+    """Head that ranks items at evaluation: the supervised head (SQN and the seed) or the Q head (the
+    mean of the two heads with double_q=heads)."""
+    exclude_seen: bool = True
+    """Evaluation: never rank items the user interacted with before the target."""
+    purchase_events: tuple[str, ...] = ("transaction",)
+    """Evaluation, events sources: event types counted as purchases (the rest are clicks)."""
+    eval_events: Literal["all", "click", "purchase"] = "all"
+    """Evaluation, events sources: the targets the full protocol scores (all, clicks or purchases)."""
+
+    def validate(self):
+        ints = {"window": self.window, "dim": self.dim, "heads": self.heads, "layers": self.layers,
+                "ff_dim": self.ff_dim, "n_steps": self.n_steps, "batch_size": self.batch_size, "chunk": self.chunk}
+        for name, value in ints.items():
+            if value < 1:
+                raise ConfigError(f"model.{name}", f"must be >= 1, got {value}")
+        if self.dim % self.heads:
+            raise ConfigError("model.heads", f"dim={self.dim} must be divisible by heads={self.heads}")
+        if self.batch_size % self.chunk:
+            raise ConfigError("model.batch_size", f"{self.batch_size} must be a multiple of model.chunk={self.chunk}")
+        if self.micro_batches < 1 or (self.batch_size // self.chunk) % self.micro_batches:
+            raise ConfigError("model.micro_batches", f"the {self.batch_size // self.chunk} chunks of a batch must "
+                                                     f"split into {self.micro_batches} equal slices")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError("model.dropout", f"must lie in [0, 1), got {self.dropout}")
+        if not 0.0 <= self.gamma <= 1.0 or not 0.0 <= self.lam <= 1.0:
+            raise ConfigError("model.gamma", "gamma and lam must lie in [0, 1]")
+        if not 0.0 < self.target_tau <= 1.0:
+            raise ConfigError("model.target_tau", f"must lie in (0, 1], got {self.target_tau}")
+        if min(self.sup_weight, self.q_weight, self.ssl_weight, self.lr, self.weight_decay, self.grad_clip) < 0:
+            raise ConfigError("model", "loss weights, lr, weight_decay and grad_clip must be >= 0")
+        if self.negatives < 0 or self.min_history < 0:
+            raise ConfigError("model", "negatives and min_history must be >= 0")
+        if self.rank_by == "q" and not self.uses_q:
+            raise ConfigError("model.rank_by", "ranking by the Q head needs q_weight > 0")
+        if self.ssl != "none" and self.n_steps < 2:
+            raise ConfigError("model.ssl", "multi-step self-supervision needs n_steps >= 2")
+
+    @property
+    def uses_q(self) -> bool:
+        return self.q_weight > 0
+
+    @property
+    def uses_ssl(self) -> bool:
+        return self.ssl != "none" and self.ssl_weight > 0
+
+    @property
+    def lookahead(self) -> int:
+        """Steps after each sample the losses read (0 for supervised-only training)."""
+        return self.n_steps if (self.uses_q or self.uses_ssl) else 0
+
+    @property
+    def n_nets(self) -> int:
+        return 2 if (self.uses_q and self.double_q == "networks") else 1
+
+    @property
+    def q_heads(self) -> int:
+        return 2 if (self.uses_q and self.double_q == "heads") else 1
+
+    def network(self, n_items: int) -> SequenceNetwork:
+        return SequenceNetwork(n_items=n_items, window=self.window, backbone=self.backbone, dim=self.dim,
+                               heads=self.heads, layers=self.layers, ff_dim=self.ff_dim, dropout=self.dropout,
+                               causal=self.causal, pooling=self.pooling, norm=self.norm, q_heads=self.q_heads)
+
+
+@struct.dataclass
+class TrainingState:
+    params: jax.Array
+    """Online parameters, one flat vector per network: [n_nets, P] (``param_layout`` unravels them)."""
+    target_params: jax.Array
+    """Polyak target copies [n_nets, P] (a [1] placeholder without Q-learning)."""
+    opt_state: Any
+    """Optimiser state of each network, stacked."""
+    key: jax.Array
+    """Raw key data (orbax checkpoints arrays); step keys are fold_in(key, step)."""
+    step: jax.Array
+    """Updates done (int32)."""
+    samples: jax.Array
+    """Training samples consumed, as int32 [hi, lo] with lo < 2^20 (exact far beyond 2^31)."""
+
+
+Batch = dict  # {"items" [B, L], "reward" [B, A], "valid" [B, A], "terminal" [B, A], "sample" [B, C]}
+
+_LO = 1 << 20
+
+
+def samples_count(state: TrainingState) -> int:
+    hi, lo = (int(x) for x in np.asarray(state.samples))
+    return hi * _LO + lo
+
+
+def _tree_index(tree, i):
+    return jax.tree.map(lambda x: x[i], tree)
+
+
+def _tree_set(tree, i, value):
+    return jax.tree.map(lambda x, v: x.at[i].set(v), tree, value)
+
+
+def double_q_bootstrap(network: SequenceNetwork, main_params, target_params, h_main: jax.Array,
+                       h_target: jax.Array, select_head: int = 0, value_head: int = 0) -> tuple[jax.Array, jax.Array]:
+    """Double-Q bootstrap values of states: ``Q_target(s, argmax_a Q_main(s, a))`` (van Hasselt 2010).
+
+    Args:
+      h_main: [..., d] states encoded by the main network (its Q head ``select_head`` picks the action).
+      h_target: [..., d] the same states encoded by the target network (its Q head ``value_head`` values
+        the action).
+
+    Returns:
+      (values [...], selected actions [...]); no gradient flows into either network.
+    """
+    chex.assert_equal_shape([h_main, h_target])
+    q_main = network.apply(jax.lax.stop_gradient(main_params), jax.lax.stop_gradient(h_main), select_head,
+                           method=SequenceNetwork.q_values)
+    # top_k(., 1) is argmax with the same tie rule (lowest index first), about 8x faster on XLA:CPU,
+    # where argmax's two-operand reduction is not vectorised.
+    a_star = jax.lax.top_k(q_main, 1)[1][..., 0]
+    v = network.apply(jax.lax.stop_gradient(target_params), jax.lax.stop_gradient(h_target), a_star[..., None],
+                      value_head, method=SequenceNetwork.q_at)[..., 0]
+    return v, a_star
+
+
+def make_losses(cfg: SQNConfig, network: SequenceNetwork):
+    """``loss(main_params, target_params, batch, key) -> (loss, metrics)`` over a batch of chunks.
+
+    The encoder and the return computation are unbatched functions vmapped over the chunks; the item
+    heads run on the whole batch at once (see ``jaxrec.nets.sequence._head``). Every term is averaged
+    over the batch's training samples.
+    """
+    n_items, N, C, n = network.n_items, cfg.window, cfg.chunk, cfg.n_steps
+    uses_q, uses_ssl = cfg.uses_q, cfg.uses_ssl
+    A = C + max(cfg.lookahead, 1) - 1  # actions per chunk
+    # Static index maps over a chunk's actions.
+    future = np.arange(C)[:, None] + np.arange(1, max(n, 2))[None, :]  # [C, n-1]: a_{t+j}, j = 1..n-1
+    horizon = np.arange(C)[:, None] + np.arange(n)[None, :]  # [C, n]: steps t..t+n-1 of each sample
+    n_sup_states = A if (uses_ssl and cfg.ssl == "future_states") else C
+
+    def encode(params, seq, key):
+        return network.apply(params, seq, False, method=SequenceNetwork.chunk_states, rngs={"dropout": key})
+
+    def encode_target(params, seq):
+        return network.apply(params, seq, True, method=SequenceNetwork.chunk_states)
+
+    def chunk_returns(reward, discount, v_next, lam):
+        """[C] λ-return of each sample of one chunk over its n logged steps (unbatched)."""
+        return jax.vmap(lambda_returns)(reward[horizon], discount[horizon], v_next[horizon], lam[horizon])[:, 0]
+
+    def loss(main_params, target_params, batch: Batch, keys: jax.Array, count: jax.Array | None = None):
+        """``keys`` [B]: one key per chunk (its dropout and negatives); ``count``: the number of samples
+        the sums are divided by (default: this batch's; micro-batches pass the whole batch's)."""
+        items, reward, valid, terminal, sample = (batch[k] for k in ("items", "reward", "valid", "terminal", "sample"))
+        B = items.shape[0]
+        chex.assert_shape(items, (B, N + A))
+        chex.assert_shape([reward, valid, terminal], (B, A))
+        chex.assert_shape(sample, (B, C))
+        chex.assert_shape(keys, (B,))
+        k_drop, k_neg = jnp.moveaxis(jax.vmap(jax.random.split)(keys), 1, 0)
+        w = sample.astype(jnp.float32)
+        if count is None:
+            count = jnp.sum(w)
+        count = jnp.maximum(count, 1.0)
+        actions = items[:, N:]
+        safe_actions = jnp.minimum(actions, n_items - 1)  # PAD where no action; masked below
+        h = jax.vmap(encode, in_axes=(None, 0, 0))(main_params, items, k_drop)  # [B, A+1, d]
+        logits = network.apply(main_params, h[:, :n_sup_states], method=SequenceNetwork.logits)
+        # CE = logsumexp - logit of the label, without materialising the log-softmax (one [B, S, I] buffer less).
+        lse = jax.nn.logsumexp(logits, axis=-1)  # [B, n_sup_states]
+        ce = lse - jnp.take_along_axis(logits, safe_actions[:, :n_sup_states, None], axis=2)[..., 0]
+        metrics = {"loss_sup": jnp.sum(ce[:, :C] * w) / count}
+        total = cfg.sup_weight * metrics["loss_sup"]
+
+        if uses_ssl:
+            if cfg.ssl == "future_states":
+                ssl_ce = ce[:, future]
+            else:
+                ssl_ce = lse[:, :C, None] - jnp.take_along_axis(logits[:, :C], safe_actions[:, future], axis=2)
+            ok = valid[:, future].astype(jnp.float32)  # [B, C, n-1]
+            per_sample = jnp.sum(ssl_ce * ok, axis=2) / jnp.maximum(ok.sum(axis=2), 1.0)
+            metrics["loss_ssl"] = jnp.sum(per_sample * w) / count
+            total = total + cfg.ssl_weight * metrics["loss_ssl"]
+
+        if uses_q:
+            h_target = jax.vmap(encode_target, in_axes=(None, 0))(target_params, items)
+            valid_f = valid.astype(jnp.float32)
+            if cfg.bootstrap_at_end:
+                # A cut history: bootstrap after the last logged action (λ_t = 0 there stops the return).
+                discount = cfg.gamma * valid_f
+                lam = cfg.lam * jnp.concatenate([valid_f[:, 1:], jnp.zeros((B, 1))], axis=1)
+            else:
+                discount = cfg.gamma * valid_f * (1.0 - terminal.astype(jnp.float32))
+                lam = jnp.full((B, A), cfg.lam)
+            if cfg.negatives:
+                # K items drawn uniformly per chunk and shared by its C samples (one gather of K head rows
+                # per chunk instead of C * K: XLA:CPU scatters the gradient row by row); a draw equal to a
+                # sample's own action is dropped for that sample, so each sample's negatives are uniform
+                # over the other items.
+                neg = jax.vmap(lambda k: jax.random.randint(k, (cfg.negatives,), 0, n_items))(k_neg)
+                is_neg = (neg[:, None, :] != actions[:, :C, None]).astype(jnp.float32)  # [B, C, K]
+            # (trained head, head whose target copy values its choice): the two heads cross-bootstrap.
+            pairs = ((0, 1), (1, 0)) if cfg.q_heads == 2 else ((0, 0),)
+            terms = {"loss_td": 0.0, "mean_q": 0.0, "mean_target": 0.0, "loss_neg": 0.0}
+            for head, other in pairs:
+                v, _ = double_q_bootstrap(network, main_params, target_params, h, h_target, head, other)  # [B, A+1]
+                returns = jax.lax.stop_gradient(jax.vmap(chunk_returns)(reward, discount, v[:, 1:], lam))  # [B, C]
+                q_sa = network.apply(main_params, h[:, :C], safe_actions[:, :C, None], head,
+                                     method=SequenceNetwork.q_at)[..., 0]
+                terms["loss_td"] += jnp.sum(jnp.square(q_sa - returns) * w) / count
+                terms["mean_q"] += jnp.sum(q_sa * w) / count
+                terms["mean_target"] += jnp.sum(returns * w) / count
+                if cfg.negatives:
+                    q_neg = network.apply(main_params, h[:, :C], neg[:, None, :], head, method=SequenceNetwork.q_at)
+                    v_neg = v[:, :C] if cfg.neg_next == "same" else v[:, 1:C + 1]
+                    y_neg = jax.lax.stop_gradient(cfg.neg_reward + cfg.gamma * v_neg)
+                    sq = jnp.sum(jnp.square(q_neg - y_neg[..., None]) * is_neg, axis=2) / jnp.maximum(is_neg.sum(axis=2), 1.0)
+                    terms["loss_neg"] += jnp.sum(sq * w) / count
+            # Averaged over the heads, so the Q terms keep one head's scale whatever double_q is.
+            metrics.update({k: v / len(pairs) for k, v in terms.items() if k != "loss_neg" or cfg.negatives})
+            total = total + cfg.q_weight * (metrics["loss_td"] + metrics.get("loss_neg", 0.0))
+        return total, {"loss": total, **metrics, "samples": jnp.sum(w)}
+
+    return loss
+
+
+def make_optimizer(cfg: SQNConfig) -> optax.GradientTransformation:
+    parts = [optax.clip_by_global_norm(cfg.grad_clip)] if cfg.grad_clip > 0 else []
+    parts.append(optax.adamw(cfg.lr, weight_decay=cfg.weight_decay) if cfg.weight_decay > 0 else optax.adam(cfg.lr))
+    return optax.chain(*parts)
+
+
+def param_layout(network: SequenceNetwork) -> tuple[int, Callable]:
+    """(size, unravel): the network's parameters as one flat float32 vector and back to the pytree.
+
+    The training state keeps each network's parameters (and target copy and Adam moments) as one
+    vector: selecting and writing back the coin's network is then one dynamic slice per array instead
+    of one per leaf, which shrinks the compiled training step (and XLA's compile-time memory) severalfold.
+    """
+    dummy = jnp.full((network.window,), network.n_items, jnp.int32)
+    shapes = jax.eval_shape(network.init, jax.random.key(0), dummy)
+    flat, unravel = ravel_pytree(jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), shapes))
+    return flat.size, unravel
+
+
+def network_params(network: SequenceNetwork, state: TrainingState, i: int = 0):
+    """The parameter pytree of network ``i`` of a training state."""
+    return param_layout(network)[1](state.params[i])
+
+
+def make_update(cfg: SQNConfig, network: SequenceNetwork, optimizer: optax.GradientTransformation):
+    """``update(state, batch, key) -> (state, metrics)``: one gradient step of the main network.
+
+    With ``cfg.micro_batches > 1`` the batch's gradient is accumulated over equal slices of its chunks
+    (each chunk keeps its own key, every sum is divided by the whole batch's sample count): the same
+    update up to float summation order, with the step's temporary buffers divided by the slice count.
+    """
+    loss_fn = make_losses(cfg, network)
+    _, unravel = param_layout(network)
+
+    def flat_loss(params, target, batch, keys, count=None):
+        return loss_fn(unravel(params), unravel(target) if cfg.uses_q else {}, batch, keys, count)
+
+    grad_fn = jax.value_and_grad(flat_loss, has_aux=True)
+    n_micro = cfg.micro_batches
+
+    def gradients(params, target, batch, keys):
+        if n_micro == 1:
+            (_, metrics), grads = grad_fn(params, target, batch, keys)
+            return metrics, grads
+        count = jnp.sum(batch["sample"].astype(jnp.float32))
+        sliced = jax.tree.map(lambda x: x.reshape((n_micro, x.shape[0] // n_micro) + x.shape[1:]), (batch, keys))
+
+        def accumulate(acc, micro):
+            (_, metrics), grads = grad_fn(params, target, micro[0], micro[1], count)
+            return jax.tree.map(jnp.add, acc, (metrics, grads)), None
+
+        first = jax.tree.map(lambda x: x[0], sliced)
+        (_, metrics), grads = jax.eval_shape(grad_fn, params, target, first[0], first[1], count)
+        zero = jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), (metrics, grads))
+        (metrics, grads), _ = jax.lax.scan(accumulate, zero, sliced)
+        return metrics, grads
+
+    def update(state: TrainingState, batch: Batch, key: jax.Array):
+        k_coin, k_loss = jax.random.split(key)
+        if cfg.n_nets == 2:
+            main = jax.random.bernoulli(k_coin).astype(jnp.int32)
+            other = 1 - main
+        else:
+            main = other = jnp.int32(0)
+        params = state.params[main]
+        target = state.target_params[other] if cfg.uses_q else params
+        keys = jax.random.split(k_loss, batch["items"].shape[0])
+        metrics, grads = gradients(params, target, batch, keys)
+        opt = _tree_index(state.opt_state, main)
+        updates, opt = optimizer.update(grads, opt, params)
+        all_params = state.params.at[main].set(optax.apply_updates(params, updates))
+        target_params = state.target_params
+        if cfg.uses_q:
+            target_params = optax.incremental_update(all_params, target_params, cfg.target_tau)
+        n = metrics.pop("samples").astype(jnp.int32)
+        lo = state.samples[1] + n
+        samples = jnp.stack([state.samples[0] + lo // _LO, lo % _LO])
+        new_state = state.replace(params=all_params, target_params=target_params,
+                                  opt_state=_tree_set(state.opt_state, main, opt), step=state.step + 1,
+                                  samples=samples)
+        metrics["grad_norm"] = jnp.linalg.norm(grads)
+        return new_state, metrics
+
+    return update
+
+
+def make_train(cfg: SQNConfig, network: SequenceNetwork):
+    """``(init, train)``.
+
+    ``init(key) -> TrainingState``; ``train(state, data, n_steps) -> (state, mean metrics)`` runs
+    ``n_steps`` updates in one jitted loop on the device. ``data`` is the dict of chunk arrays of the
+    whole training set (``SequenceChunks.arrays()`` on the device); each update draws
+    ``batch_size / chunk`` chunks uniformly with replacement using ``fold_in(key, step)``, so any split
+    of the steps into calls, and resuming from a checkpoint, gives the same result.
+    """
+    optimizer = make_optimizer(cfg)
+    update = make_update(cfg, network, optimizer)
+    n_chunks = cfg.batch_size // cfg.chunk
+
+    @jax.jit
+    def init(key: jax.Array) -> TrainingState:
+        k_init, k_run = jax.random.split(key)
+        dummy = jnp.full((cfg.window,), network.n_items, jnp.int32)
+        # Network i starts from fold_in(k_init, i): network 0 starts where a supervised-only run of the
+        # same seed starts, so comparisons isolate the RL terms.
+        params = jnp.stack([ravel_pytree(network.init(jax.random.fold_in(k_init, i), dummy))[0]
+                            for i in range(cfg.n_nets)])
+        opt_state = jax.vmap(optimizer.init)(params)
+        # Without Q-learning a one-element placeholder (orbax cannot checkpoint empty arrays).
+        target = params if cfg.uses_q else jnp.zeros((1,), params.dtype)
+        return TrainingState(params=params, target_params=target, opt_state=opt_state,
+                             key=jax.random.key_data(k_run), step=jnp.int32(0), samples=jnp.zeros((2,), jnp.int32))
+
+    @jax.jit
+    def train(state: TrainingState, data: dict, n_steps: jax.Array):
+        n_total = data["items"].shape[0]
+        base = jax.random.wrap_key_data(state.key)
+
+        def body(_, carry):
+            state, sums = carry
+            k_batch, k_update = jax.random.split(jax.random.fold_in(base, state.step))
+            idx = jax.random.randint(k_batch, (n_chunks,), 0, n_total)
+            batch = jax.tree.map(lambda x: x[idx], data)
+            state, metrics = update(state, batch, k_update)
+            return state, jax.tree.map(jnp.add, sums, metrics)
+
+        shapes = jax.eval_shape(update, state, jax.tree.map(lambda x: x[:n_chunks], data), base)[1]
+        sums = jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), shapes)
+        state, sums = jax.lax.fori_loop(0, n_steps, body, (state, sums))
+        return state, jax.tree.map(lambda x: x / jnp.maximum(n_steps, 1), sums)
+
+    return init, train
+
+
+def make_scorer(cfg: SQNConfig, network: SequenceNetwork):
+    """``score(params, windows [B, N]) -> [B, I]``: item scores of network 0 of the stacked flat
+    ``TrainingState.params`` (jitted; the window encoder is vmapped over the batch)."""
+    _, unravel = param_layout(network)
+
+    @jax.jit
+    def score(params, windows):
+        p0 = unravel(params[0])
+        h = jax.vmap(lambda w: network.apply(p0, w, method=SequenceNetwork.window_state))(windows)
+        if cfg.rank_by == "sup":
+            return network.apply(p0, h, method=SequenceNetwork.logits)
+        return sum(network.apply(p0, h, k, method=SequenceNetwork.q_values) for k in range(cfg.q_heads)) / cfg.q_heads
+
+    return score
+
+
+__all__ = ["SQNConfig", "TrainingState", "double_q_bootstrap", "make_losses", "make_optimizer", "make_scorer",
+           "make_train", "make_update", "network_params", "param_layout", "samples_count"]

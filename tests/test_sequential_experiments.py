@@ -1,0 +1,169 @@
+"""End-to-end runs of the sequential experiments (m3s_tdlambda, sqn, sasrec, gru4rec, popularity_seq) and
+hand checks of their next-item protocol."""
+import json
+import subprocess
+import sys
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from experiments import sequential
+from experiments.run import main
+from jaxrec import config as C
+from jaxrec.data.sequences import next_item_queries
+from jaxrec.errors import ConfigError
+from tests.helpers import REPO, make_interactions, synthetic_interactions, write_prepared
+
+CHECKER = REPO.parent / "shared" / "tools" / "check_contracts.py"
+USERS = ["--set", "data.split.scheme=users", "data.split.heldout_visible=5"]
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    return write_prepared(synthetic_interactions(n_users=60, n_items=40, per_user=(12, 30), seed=7),
+                          tmp_path_factory.mktemp("seq") / "syn", positive_threshold=1.0)
+
+
+def check_contract(run_dir):
+    if not CHECKER.exists():
+        return
+    res = subprocess.run([sys.executable, str(CHECKER), "run", str(run_dir)], capture_output=True, text=True)
+    assert res.returncode == 0, res.stdout
+
+
+def final(run_dir) -> dict:
+    out = json.loads((run_dir / "final.json").read_text())
+    out.pop("wall_s")
+    return out
+
+
+class Interrupt(Exception):
+    pass
+
+
+def test_m3s_quick_end_to_end_and_exact_resume(data_dir, tmp_path, monkeypatch, capsys):
+    args = ["--exp=m3s_tdlambda", "--quick", "--data", str(data_dir), *USERS, "eval.protocols=full,drr"]
+    straight = tmp_path / "straight"
+    assert main(args + ["--run-dir", str(straight)]) == 0
+    check_contract(straight)
+    f = final(straight)
+    assert f["updates"] == 12 and f["samples"] > 0 and f["split"] == "users"
+    assert set(f["test"]) == {"full", "drr"} and set(f["test"]["full"]) >= {"hr@5", "ndcg@40"}
+    assert all(0.0 <= v <= 1.0 for v in f["test"]["full"].values())
+    assert (straight / "plots" / "metrics.png").stat().st_size > 0
+
+    resumed = tmp_path / "resumed"
+    original = sequential.SequentialTrainer.train
+
+    def crashing(self, state, n_steps):
+        if int(state.step) >= 7:
+            raise Interrupt
+        return original(self, state, n_steps)
+
+    monkeypatch.setattr(sequential.SequentialTrainer, "train", crashing)
+    with pytest.raises(Interrupt):
+        main(args + ["--run-dir", str(resumed)])
+    monkeypatch.setattr(sequential.SequentialTrainer, "train", original)
+    capsys.readouterr()
+    assert main(args + ["--run-dir", str(resumed)]) == 0
+    assert "resuming from step 6" in capsys.readouterr().out
+    assert final(resumed) == f
+    strip = [{k: v for k, v in json.loads(line).items() if k != "wall_s"}
+             for line in (straight / "metrics.jsonl").read_text().splitlines()]
+    again = [{k: v for k, v in json.loads(line).items() if k != "wall_s"}
+             for line in (resumed / "metrics.jsonl").read_text().splitlines()]
+    assert strip == again
+
+
+@pytest.mark.parametrize("exp", ["sqn", "sasrec", "gru4rec"])
+def test_quick_runs_of_the_other_agents(exp, data_dir, tmp_path):
+    run_dir = tmp_path / exp
+    assert main([f"--exp={exp}", "--quick", "--data", str(data_dir), "--run-dir", str(run_dir), *USERS]) == 0
+    check_contract(run_dir)
+    f = final(run_dir)
+    assert f["exp"] == exp and f["updates"] == 12 and f["samples"] > 0
+    assert all(0.0 <= v <= 1.0 for v in f["test"]["full"].values())
+    lines = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    losses = [x["loss_sup"] for x in lines if "loss_sup" in x]
+    assert len(losses) == 4 and all(np.isfinite(losses))
+
+
+def test_popularity_seq_matches_a_hand_computed_next_item_hr(data_dir, tmp_path):
+    run_dir = tmp_path / "pop"
+    assert main(["--exp=popularity_seq", "--data", str(data_dir), "--run-dir", str(run_dir), *USERS]) == 0
+    check_contract(run_dir)
+    f = final(run_dir)
+    from data_prep.common import load_prepared
+    from jaxrec.data.splits import user_split
+
+    inter, _, _ = load_prepared(data_dir)
+    split = user_split(inter, (0.8, 0.1, 0.1), seed=0)
+    counts = np.bincount(inter.item[split.train], minlength=inter.n_items)
+    hits = {5: 0, 10: 0}
+    n = 0
+    for u in np.unique(inter.user[split.test]):
+        items = list(inter.item[inter.user == u])
+        for p in range(5, len(items)):  # the first 5 are visible context, every later row is a query
+            seen = set(items[:p])
+            if items[p] in seen:
+                continue
+            ranking = [i for i in np.argsort(-counts, kind="stable") if i not in seen]
+            rank = ranking.index(items[p])
+            n += 1
+            for k in hits:
+                hits[k] += rank < k
+    for k in hits:
+        assert f["test"]["full"][f"hr@{k}"] == pytest.approx(hits[k] / n)
+
+
+def test_metrics_exclude_seen_items_by_hand():
+    inter = make_interactions([(0, 0, 5, 0), (0, 1, 5, 1), (0, 2, 5, 2), (0, 3, 5, 3)], n_items=5)
+    q = next_item_queries(inter, np.arange(4), np.array([3]), window=2)  # target 3, seen {0, 1, 2}
+    scores = jnp.array([10.0, 9.0, 8.0, 7.0, 20.0])
+
+    def score(windows):
+        return jnp.broadcast_to(scores, (windows.shape[0], 5))
+
+    ks = (1, 2, 5)
+    m, users = sequential.next_item_metrics(score, q, ks, batch=4, exclude_seen=True)
+    # Ranking without seen items: 4 (20), 3 (7): the target is second.
+    assert users == 1
+    assert (m["hr@1"], m["hr@2"], m["ndcg@2"]) == (0.0, 1.0, pytest.approx(1 / np.log2(3)))
+    m, _ = sequential.next_item_metrics(score, q, ks, batch=4, exclude_seen=False)
+    # Ranking over everything: 4, 0, 1, 2, 3: the target is fifth.
+    assert (m["hr@2"], m["hr@5"], m["ndcg@5"]) == (0.0, 1.0, pytest.approx(1 / np.log2(6)))
+
+
+def test_repeated_targets_are_left_out_when_seen_items_are_excluded():
+    inter = make_interactions([(0, 0, 5, 0), (0, 1, 5, 1), (0, 0, 5, 2), (0, 2, 5, 3)], n_items=4)
+    q = next_item_queries(inter, np.arange(4), np.array([1, 2, 3]), window=2)
+    kept = sequential.drop_seen_targets(q)
+    np.testing.assert_array_equal(kept.target, [1, 2])  # the second 0 was seen before
+
+
+def test_event_groups_and_their_errors():
+    inter = synthetic_interactions(n_users=4, n_items=10, per_user=(5, 6), seed=1)
+    with pytest.raises(ConfigError, match="events source"):
+        sequential.check_event_group(inter, "purchase", ("transaction",))
+    import dataclasses
+
+    ev = dataclasses.replace(inter, event=(np.arange(len(inter)) % 3).astype(np.int8),
+                             event_types=("view", "addtocart", "transaction"))
+    q = next_item_queries(ev, np.arange(len(ev)), np.arange(len(ev)), window=3)
+    buy = sequential.event_subset(q, ev, "purchase", ("transaction",))
+    click = sequential.event_subset(q, ev, "click", ("transaction",))
+    assert (buy.event == 2).all() and (click.event != 2).all() and len(buy) + len(click) == len(q)
+    with pytest.raises(ConfigError, match="purchase_events"):
+        sequential.check_event_group(ev, "click", ("buy",))
+
+
+def test_config_keys_and_defaults():
+    cfg = sequential.m3s_config()
+    keys = {k for k, *_ in C.describe(cfg)}
+    assert {"model.lam", "model.n_steps", "model.ssl", "model.negatives", "model.double_q", "train.steps"} <= keys
+    assert all(doc for k, _, _, doc in C.describe(cfg) if k.startswith("model."))
+    assert sequential.sqn_config().model.n_steps == 1 and sequential.sasrec_config().model.q_weight == 0
+    assert sequential.gru4rec_config().model.backbone == "gru"
+    with pytest.raises(ConfigError):
+        C.apply_overrides(cfg, ["model.batch_size=100"])  # not a multiple of the chunk
