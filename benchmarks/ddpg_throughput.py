@@ -55,6 +55,7 @@ import torch  # noqa: E402
 from benchmarks.baselines import ddpg_torch  # noqa: E402
 from jaxrec.envs import simulator as sim_lib  # noqa: E402
 from jaxrec.rl import ddpg  # noqa: E402
+from benchmarks.common import device, load_note  # noqa: E402
 
 DIM = 100
 THRESHOLD = 4.0
@@ -62,25 +63,6 @@ GOALS = {1: 4.0, 64: 30.0, 256: 30.0}
 # Vectorised steps per timed chunk of ours (about 1-3 s each on this CPU).
 CHUNK = {1: 600, 64: 300, 256: 150}
 CHUNK_QUICK = {1: 200, 64: 50, 256: 25}
-
-
-def device() -> str:
-    model = "unknown"
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"cpu: {model}, {len(os.sched_getaffinity(0))} cores"
-
-
-def load_note(when: str) -> float:
-    load, cores = os.getloadavg()[0], len(os.sched_getaffinity(0))
-    warn = " (other processes compete for the CPU: wall times inflated; ours/baseline interleaved)" if load > 0.5 * cores else ""
-    print(f"[{when}] 1-min load average {load:.2f} on {cores} cores{warn}", flush=True)
-    return load
 
 
 class Ours:

@@ -48,6 +48,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from benchmarks.common import device  # noqa: E402
 
 # Keep this parent process small (standard library only): see methodology point 4 on ru_maxrss.
 
@@ -130,18 +131,6 @@ def run_child(cmd: list[str], log: Path) -> tuple[float, float, float]:
 def last_line(log: Path) -> str:
     lines = log.read_text(errors="replace").strip().splitlines()
     return lines[-1] if lines else ""
-
-
-def device() -> str:
-    model = "unknown"
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"cpu: {model}, {len(os.sched_getaffinity(0))} cores"
 
 
 def warn_if_busy(when: str) -> None:

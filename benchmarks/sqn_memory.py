@@ -32,21 +32,10 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from benchmarks.common import device  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 GOAL_GB = 1.0
-
-
-def device() -> str:
-    model = "unknown"
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"cpu: {model}, {len(os.sched_getaffinity(0))} cores"
 
 
 def measure(cmd: list[str], log: Path) -> tuple[float, float, str]:

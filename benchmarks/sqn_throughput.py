@@ -54,27 +54,9 @@ from data_prep.common import load_prepared  # noqa: E402
 from jaxrec.data.sequences import sequence_chunks  # noqa: E402
 from jaxrec.data.splits import train_view, user_split  # noqa: E402
 from jaxrec.rl.sqn import SQNConfig, make_train, samples_count  # noqa: E402
+from benchmarks.common import device, load_note  # noqa: E402
 
 GOAL_FIXED, GOAL_PUBLISHED = 5.0, 100.0
-
-
-def device() -> str:
-    model = "unknown"
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"cpu: {model}, {len(os.sched_getaffinity(0))} cores"
-
-
-def load_note(when: str) -> float:
-    load, cores = os.getloadavg()[0], len(os.sched_getaffinity(0))
-    warn = " (other processes compete for the CPU: wall times inflated; ours/baseline interleaved)" if load > 0.5 * cores else ""
-    print(f"[{when}] 1-min load average {load:.2f} on {cores} cores{warn}", flush=True)
-    return load
 
 
 class Ours:
