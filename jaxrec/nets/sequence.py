@@ -1,9 +1,10 @@
-"""Sequence state encoders (transformer or GRU) with a supervised next-item head and a Q head.
+"""Sequence state encoders (transformer or GRU) with a supervised next-item head and one or two Q heads.
 
 A *state* is a window of the last ``window`` items, left-padded with ``PAD = n_items`` (see
-``jaxrec.data.sequences``). Every method is unbatched (one window, or one chunk sequence) and is
-vmapped over a batch at the call site, so attention can never mix two sequences of a batch: the seed's
-missing ``batch_first`` (SEEDS_SPEC B6.1) made its attention span the batch instead of the sequence.
+``jaxrec.data.sequences``). The encoder methods are unbatched (one window, or one chunk sequence) and
+are vmapped over a batch at the call site, so attention can never mix two sequences of a batch: the
+seed's missing ``batch_first`` (SEEDS_SPEC B6.1) made its attention span the batch instead of the
+sequence. The item heads take states with any leading axes.
 
 Transformer (Vaswani et al. 2017; SASRec, Kang & McAuley 2018), as the seed's ``TransformerDQN``
 (SEEDS_SPEC B2) with its bugs fixed:
