@@ -1,7 +1,7 @@
 """DDPG (DRR) training throughput on ML-1M: environment steps per second, updates included, ours against a seed-style loop.
 
   python benchmarks/ddpg_throughput.py [--quick] [--repeats R] [--settings 1,64,256] [--torch-threads auto|1|2]
-                                      [--data DIR] [--seed S]
+                                      [--baselines seed,lean] [--data DIR] [--seed S]
 
 Methodology
 -----------
@@ -14,24 +14,31 @@ Methodology
    Each setting is built, jit-compiled and warmed up (two untimed chunks, which also fill the replay past the
    batch size so that every timed step updates) OUTSIDE the timed region; then each repeat times one
    ``train(state, chunk)`` call to ``block_until_ready``. Environment steps = chunk x n_envs; updates = chunk.
-3. Baseline: ``benchmarks/baselines/ddpg_torch.py``: the same algorithm and sizes as a seed-style PyTorch
-   eager loop (one Python iteration per environment step, one user, one batch-64 update per step; see its
-   docstring for what it is and how it differs from the seed's code). It is always one user: for the 64-
-   and 256-user settings the comparison is in environment steps/s, against its 1-user rate. One agent is
-   built and warmed up (replay filled) once and keeps training across repeats; each repeat runs it for about
-   the wall time of ours' chunk (at least ``--min-baseline-s``), checking the clock every 8 steps.
-   Threads: ``--torch-threads auto`` (default) times 1 and 2 torch threads on short interleaved runs and
-   keeps the faster. On this 2-core machine under other users' load, 2 OpenMP threads can be 10-100x slower
-   than 1 (the threads wait on each other when one is descheduled), which would make the baseline a strawman.
-4. Repeats (default 7; ``--quick``: 3, with shorter chunks) alternate ours/baseline, swapping which goes first
-   each repeat, so that load from other processes hits both alike; reported numbers are MEDIANS of the
-   per-repeat rates. The 1-minute load average is printed before and after each setting (a warning when other
+3. Baselines: ``benchmarks/baselines/ddpg_torch.py``: the same algorithm and sizes as a PyTorch eager loop
+   (one Python iteration per environment step, one user, one batch-64 update per step), in two styles
+   that compute the same numbers (tested): ``seed`` = the seed's per-step code structure (candidate set
+   rebuilt and argsorted every step, numpy sum tree, per-sample TD-target and priority loops, the
+   critic's action gradient by its own backward, default Adam, per-parameter soft updates) = the issue's
+   "seed-style" loop, the baseline of ``ratio``; ``lean`` = the same loop with those overheads removed
+   (masked ``topk``, Python-list sum tree, fused Adam, one multi-tensor soft update), the baseline of
+   ``ratio_lean``. See the module's docstring for both. They are always one user: for the 64- and 256-user
+   settings the comparison is in environment steps/s, against their 1-user rates. Each agent is built and
+   warmed up (replay filled) once and keeps training across repeats; each repeat runs it for about the
+   wall time of ours' chunk (at least ``--min-baseline-s``), checking the clock every 8 steps.
+   Threads: ``--torch-threads auto`` (default) times 1 and 2 torch threads on short interleaved runs of the
+   first baseline and keeps the faster for both. On this 2-core machine under other users' load, 2 OpenMP
+   threads can be 10-100x slower than 1 (the threads wait on each other when one is descheduled), which
+   would make the baseline a strawman.
+4. Repeats (default 7; ``--quick``: 3, with shorter chunks) interleave ours and the baselines, rotating
+   which goes first each repeat, so that load from other processes hits all alike; reported numbers are
+   MEDIANS of the per-repeat rates. The 1-minute load average is printed before and after each setting (a warning when other
    processes compete for the cores), with the processes' CPU seconds per step in ``notes``.
 5. Output: per setting one JSON line (DESIGN.md 2.5), ratio = ours / baseline (> 1: ours faster):
    ``ddpg_env_steps_per_s_1user``, ``..._64users``, ``..._256users`` (the LAST line), with
    ``updates_per_s_ours`` (vectorised steps/s = updates/s), ``updates_per_s_baseline``, two load-robustness
    checks (``ratio_paired_median``: median over repeats of the ratio of the repeat's two rates;
-   ``ratio_cpu_time``: baseline / ours process CPU seconds per environment step) and ``notes``.
+   ``ratio_cpu_time``: baseline / ours process CPU seconds per environment step), ``baseline_lean`` and
+   ``ratio_lean`` (ours against the lean loop) and ``notes``.
    Goals (the issue): 1 user ratio >= 4; 64 and 256 users ratio >= 30.
 """
 from __future__ import annotations
@@ -97,10 +104,11 @@ class Ours:
 class Baseline:
     """The seed-style torch loop (one user), warmed up so that every timed step updates."""
 
-    def __init__(self, train, user_emb, item_emb, seed: int, threads: int):
+    def __init__(self, train, user_emb, item_emb, seed: int, threads: int, style: str):
+        self.style = style
         self.agent, _ = ddpg_torch.build(train.user, train.item, train.rating, train.n_users, train.n_items,
                                          user_emb, item_emb, seed=seed, positive_threshold=THRESHOLD,
-                                         num_threads=threads)
+                                         num_threads=threads, style=style)
         self.agent.run(ddpg_torch.DEFAULTS["batch_size"] + 16)
         assert self.agent.updates > 0
 
@@ -142,12 +150,17 @@ def parse_args(argv=None):
     p.add_argument("--repeats", type=int, help="timed repeats of each of ours / baseline per setting (default 7; --quick: 3)")
     p.add_argument("--settings", default="1,64,256", help="comma-separated n_envs values (default 1,64,256)")
     p.add_argument("--torch-threads", default="auto", choices=("auto", "1", "2"))
+    p.add_argument("--baselines", default="seed,lean",
+                   help="baseline styles to time, the first is the one of 'ratio' (default seed,lean)")
     p.add_argument("--min-baseline-s", type=float, default=1.0, help="least wall time of one baseline repeat")
     p.add_argument("--data", default=str(REPO / "data" / "ml-1m"))
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     args.repeats = args.repeats or (3 if args.quick else 7)
     args.settings = [int(s) for s in args.settings.split(",")]
+    args.baselines = [s for s in args.baselines.split(",") if s]
+    if not args.baselines or any(s not in ddpg_torch.STYLES for s in args.baselines):
+        p.error(f"--baselines must be a comma-separated list of {ddpg_torch.STYLES}")
     if args.repeats < 1 or any(n < 1 for n in args.settings):
         p.error("--repeats and --settings must be positive")
     return args
@@ -165,11 +178,12 @@ def main(argv=None) -> int:
     print(f"data: {len(train.user):,} training ratings, {train.n_users} users, {train.n_items} items", flush=True)
 
     threads = 1 if args.torch_threads == "auto" else int(args.torch_threads)
-    base = Baseline(train, user_emb, item_emb, args.seed, threads)
+    bases = {style: Baseline(train, user_emb, item_emb, args.seed, threads, style) for style in args.baselines}
+    primary = args.baselines[0]
     if args.torch_threads == "auto":
-        threads, med = pick_torch_threads(base, 0.5 if args.quick else 1.0)
-        print(f"baseline torch threads: {threads} (steps/s medians: 1 thread {med[1]:.1f}, 2 threads {med[2]:.1f})",
-              flush=True)
+        threads, med = pick_torch_threads(bases[primary], 0.5 if args.quick else 1.0)
+        print(f"baseline torch threads: {threads} (style {primary}, steps/s medians: 1 thread {med[1]:.1f}, "
+              f"2 threads {med[2]:.1f})", flush=True)
 
     chunks = CHUNK_QUICK if args.quick else CHUNK
     for n_envs in args.settings:
@@ -178,21 +192,21 @@ def main(argv=None) -> int:
         print(f"--- {n_envs} user(s): ours compiled and warmed up in {ours.warmup_s:.1f} s (not timed); "
               f"chunk = {chunk} vectorised steps", flush=True)
         load0 = load_note("before")
-        res = {"ours": [], "baseline": []}
+        names = ["ours", *args.baselines]
+        res = {name: [] for name in names}
         for r in range(args.repeats):
-            order = ("ours", "baseline") if r % 2 == 0 else ("baseline", "ours")
-            last_ours_wall = None
+            order = names[r % len(names):] + names[:r % len(names)]
             for name in order:
                 if name == "ours":
                     wall, cpu, steps = ours.timed()
-                    last_ours_wall = wall
                     env_steps = steps * n_envs
                 else:
-                    target = max(args.min_baseline_s, last_ours_wall or (res["ours"][-1][0] if res["ours"] else 0.0))
-                    wall, cpu, steps = base.timed(target)
+                    target = max(args.min_baseline_s, res["ours"][-1][0] if res["ours"] else 0.0)
+                    wall, cpu, steps = bases[name].timed(target)
                     env_steps = steps
                 res[name].append((wall, cpu, steps, env_steps))
-                print(f"repeat {r + 1}/{args.repeats} {name:8s}: {env_steps:7d} env steps, {steps:5d} updates in "
+                label = name if name == "ours" else f"{name}-style"
+                print(f"repeat {r + 1}/{args.repeats} {label:10s}: {env_steps:7d} env steps, {steps:5d} updates in "
                       f"{wall:6.2f} s ({cpu:6.2f} s CPU): {env_steps / wall:10.1f} env steps/s, "
                       f"{steps / wall:7.1f} updates/s", flush=True)
         load1 = load_note("after")
@@ -200,28 +214,35 @@ def main(argv=None) -> int:
         def med(name, f):
             return statistics.median(f(*x) for x in res[name])
 
-        ours_eps = med("ours", lambda w, c, s, e: e / w)
-        base_eps = med("baseline", lambda w, c, s, e: e / w)
+        def eps(name):
+            return med(name, lambda w, c, s, e: e / w)
+
+        ours_eps, base_eps = eps("ours"), eps(primary)
         ours_ups = med("ours", lambda w, c, s, e: s / w)
         ours_cpu_us = med("ours", lambda w, c, s, e: 1e6 * c / e)
-        base_cpu_us = med("baseline", lambda w, c, s, e: 1e6 * c / e)
+        base_cpu_us = med(primary, lambda w, c, s, e: 1e6 * c / e)
         ratio = ours_eps / base_eps
         # Robustness checks under load: the median of per-repeat (paired) ratios, and the ratio of CPU time per env step.
-        paired = statistics.median((o[3] / o[0]) / (b[3] / b[0]) for o, b in zip(res["ours"], res["baseline"]))
+        paired = statistics.median((o[3] / o[0]) / (b[3] / b[0]) for o, b in zip(res["ours"], res[primary]))
         goal = GOALS.get(n_envs)
         suffix = "1user" if n_envs == 1 else f"{n_envs}users"
+        others = {f"baseline_{s}": round(eps(s), 1) for s in args.baselines[1:]}
+        others.update({f"ratio_{s}": round(ours_eps / eps(s), 2) for s in args.baselines[1:]})
         notes = (f"medians of {args.repeats} interleaved repeats; ours = jaxrec.rl.ddpg at DDPGConfig defaults, "
                  f"n_envs={n_envs}, one batch-64 update per vectorised step, {chunk}-step jitted chunks; "
-                 f"baseline = benchmarks/baselines/ddpg_torch.py (seed-style torch eager loop, 1 user, 1 update/step, "
-                 f"{threads} torch thread(s)); process CPU us per env step: ours {ours_cpu_us:.1f}, baseline "
-                 f"{base_cpu_us:.1f}; 1-min load avg {load0:.1f} -> {load1:.1f} on 2 cores (shared machine)"
+                 f"baseline = benchmarks/baselines/ddpg_torch.py style={primary} (torch eager loop, 1 user, "
+                 f"1 update/step, {threads} torch thread(s))"
+                 + "".join(f"; {s}-style baseline {eps(s):.1f} env steps/s (ratio {ours_eps / eps(s):.2f})"
+                           for s in args.baselines[1:])
+                 + f"; process CPU us per env step: ours {ours_cpu_us:.1f}, baseline {base_cpu_us:.1f}; "
+                 f"1-min load avg {load0:.1f} -> {load1:.1f} on 2 cores (shared machine)"
                  + (f"; goal ratio >= {goal:g}: {'met' if ratio >= goal else 'NOT met'}" if goal else ""))
         line = json.dumps({
             "metric": f"ddpg_env_steps_per_s_{suffix}", "ours": round(ours_eps, 1), "baseline": round(base_eps, 1),
             "ratio": round(ratio, 2), "unit": "env_steps/s", "device": dev,
             "updates_per_s_ours": round(ours_ups, 1), "updates_per_s_baseline": round(base_eps, 1),
-            "n_envs": n_envs, "ratio_paired_median": round(paired, 2), "ratio_cpu_time": round(base_cpu_us / ours_cpu_us, 2),
-            "notes": notes,
+            "n_envs": n_envs, "baseline_style": primary, "ratio_paired_median": round(paired, 2),
+            "ratio_cpu_time": round(base_cpu_us / ours_cpu_us, 2), **others, "notes": notes,
         })
         print(line, flush=True)
         del ours

@@ -19,6 +19,7 @@ Loop and resume order (written down because resuming must give the same ``final.
 from __future__ import annotations
 
 import dataclasses
+import gc
 import json
 import math
 import os
@@ -344,6 +345,10 @@ def run_experiment(exp: Experiment, cfg: C.Config, run_dir: Path, n_seeds: int =
     for s in range(cfg.seed, cfg.seed + n_seeds):
         progress(f"seed {s}")
         finals.append(run_single(exp, dataclasses.replace(cfg, seed=s), run_dir / f"seed{s}", data, progress))
+        # Each seed builds (and jits) its own closures: drop the previous seed's executables and buffers so
+        # that a many-seed run peaks at one seed's memory, not the sum.
+        jax.clear_caches()
+        gc.collect()
     rd.truncate(0)
     for s in range(cfg.seed, cfg.seed + n_seeds):
         for line in (run_dir / f"seed{s}" / "metrics.jsonl").read_text().splitlines():

@@ -24,10 +24,15 @@ ROWS = [(0, 0, 5, 1), (0, 1, 4, 2), (0, 2, 5, 3), (0, 3, 3, 4), (0, 4, 4, 5), (0
 N_ITEMS = 9
 
 
-def _envs(inter, item_repr, n_state, top_k):
+STYLES = pytest.mark.parametrize("style", ["lean", "seed"])
+ENVS = {"lean": B.OfflineEnv, "seed": B.SeedStyleEnv}
+AGENTS = {"lean": B.DDPGAgent, "seed": B.SeedStyleAgent}
+
+
+def _envs(inter, item_repr, n_state, top_k, style="lean"):
     cfg = S.SimConfig(n_state=n_state, top_k=top_k)
     sim = S.make_sim_data(inter, cfg)
-    env = B.OfflineEnv(inter.user, inter.item, inter.rating, inter.n_users, inter.n_items,
+    env = ENVS[style](inter.user, inter.item, inter.rating, inter.n_users, inter.n_items,
                        torch.from_numpy(np.asarray(item_repr, np.float32)), n_state=n_state, top_k=top_k)
     return sim, cfg, env
 
@@ -40,9 +45,10 @@ def test_defaults_are_ddpg_config_defaults():
     assert cfg.done_at_positives and not cfg.faithful_append and not cfg.init_positives_only and not cfg.mf_reward
 
 
-def test_simulator_hand_worked_episode_matches_ours():
+@STYLES
+def test_simulator_hand_worked_episode_matches_ours(style):
     inter = make_interactions(ROWS, n_items=N_ITEMS)
-    sim, cfg, env = _envs(inter, np.eye(N_ITEMS), n_state=2, top_k=2)
+    sim, cfg, env = _envs(inter, np.eye(N_ITEMS), n_state=2, top_k=2, style=style)
     np.testing.assert_array_equal(env.available, np.flatnonzero(np.asarray(sim.available)))
     np.testing.assert_array_equal(env.n_pos, sim.n_pos)
     ours = S.reset(sim, cfg, jnp.int32(1))
@@ -61,11 +67,12 @@ def test_simulator_hand_worked_episode_matches_ours():
         assert d_b == done == bool(d)
 
 
-def test_simulator_agrees_with_ours_on_random_episodes():
+@STYLES
+def test_simulator_agrees_with_ours_on_random_episodes(style):
     inter = synthetic_interactions(n_users=30, n_items=40, per_user=(15, 30), seed=1)
     rng = np.random.default_rng(0)
     item_repr = rng.standard_normal((inter.n_items, 6)).astype(np.float32)
-    sim, cfg, env = _envs(inter, item_repr, n_state=4, top_k=3)
+    sim, cfg, env = _envs(inter, item_repr, n_state=4, top_k=3, style=style)
     np.testing.assert_array_equal(env.available, np.flatnonzero(np.asarray(sim.available)))
     step = jax.jit(lambda s, a: S.step(sim, cfg, s, a, jnp.asarray(item_repr)))
     n_steps = 0
@@ -110,7 +117,8 @@ def _flat_torch(module, layers):
     return out
 
 
-def test_one_update_matches_ours():
+@STYLES
+def test_one_update_matches_ours(style):
     d, n_state, n_users, n_items, n = 8, 4, 5, 12, 20
     cfg = ddpg.DDPGConfig(dim=d, hidden=16, n_state=n_state, top_k=3, batch_size=8, replay_capacity=32)
     inter = synthetic_interactions(n_users=n_users, n_items=n_items, per_user=(8, 12), seed=2)
@@ -135,8 +143,8 @@ def test_one_update_matches_ours():
     state = state.replace(replay=replay, updates=jnp.int32(7))
 
     user_t, item_t = torch.from_numpy(np.array(emb.user)), torch.from_numpy(np.array(emb.item))
-    env = B.OfflineEnv(inter.user, inter.item, inter.rating, n_users, n_items, item_t, n_state=n_state, top_k=3)
-    agent = B.DDPGAgent(env, user_t, item_t,
+    env = ENVS[style](inter.user, inter.item, inter.rating, n_users, n_items, item_t, n_state=n_state, top_k=3)
+    agent = AGENTS[style](env, user_t, item_t,
                         dim=d, hidden=16, n_state=n_state, top_k=3, batch_size=8, replay_capacity=32)
     actor_layers = [agent.actor.fc[0], agent.actor.fc[2], agent.actor.fc[4]]
     critic_layers = [agent.critic.fc1, agent.critic.fc2, agent.critic.fc3, agent.critic.head]
@@ -180,12 +188,13 @@ def test_one_update_matches_ours():
     assert buf.max_priority == pytest.approx(float(new.replay.max_priority), rel=1e-5)
 
 
-def test_baseline_loop_runs_and_updates():
+@STYLES
+def test_baseline_loop_runs_and_updates(style):
     inter = synthetic_interactions(n_users=30, n_items=40, per_user=(15, 30), seed=1)
     rng = np.random.default_rng(0)
     agent, env = B.build(inter.user, inter.item, inter.rating, inter.n_users, inter.n_items,
                          0.1 * rng.standard_normal((inter.n_users, 8)), 0.1 * rng.standard_normal((inter.n_items, 8)),
-                         num_threads=None, dim=8, hidden=16, n_state=4, top_k=3, batch_size=8, replay_capacity=64)
+                         num_threads=None, style=style, dim=8, hidden=16, n_state=4, top_k=3, batch_size=8, replay_capacity=64)
     rewards = [agent.step()[0] for _ in range(40)]
     assert agent.steps == 40 and agent.buffer.size == 40
     assert agent.updates == 40 - 7  # updates start once 8 transitions are stored
@@ -194,3 +203,31 @@ def test_baseline_loop_runs_and_updates():
     assert set(agent.buffer.user[:40].tolist()) <= set(env.available.tolist())
     c_loss, a_loss = agent.update()
     assert np.isfinite(c_loss) and np.isfinite(a_loss)
+
+
+def test_seed_style_loop_equals_lean_loop():
+    """The seed's per-step idioms change the speed, not the numbers: 30 steps of both styles from the same seed
+    give the same rewards, episodes, replay contents, priorities and parameters."""
+    inter = synthetic_interactions(n_users=30, n_items=40, per_user=(15, 30), seed=1)
+    rng = np.random.default_rng(0)
+    u, i = 0.1 * rng.standard_normal((inter.n_users, 8)), 0.1 * rng.standard_normal((inter.n_items, 8))
+    runs = {}
+    for style in ("lean", "seed"):
+        agent, _ = B.build(inter.user, inter.item, inter.rating, inter.n_users, inter.n_items, u, i, num_threads=None,
+                           style=style, dim=8, hidden=16, n_state=4, top_k=3, batch_size=8, replay_capacity=64)
+        rewards = [agent.step()[0] for _ in range(30)]
+        runs[style] = (agent, rewards)
+    (lean, r_lean), (seed, r_seed) = runs["lean"], runs["seed"]
+    np.testing.assert_allclose(r_seed, r_lean, atol=1e-6)
+    assert seed.episodes == lean.episodes and seed.updates == lean.updates == 30 - 7
+    np.testing.assert_array_equal(seed.buffer.items[:30], lean.buffer.items[:30])
+    np.testing.assert_allclose(seed.buffer.action[:30], lean.buffer.action[:30], rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(seed.buffer.tree), np.asarray(lean.buffer.tree), rtol=1e-3, atol=1e-6)
+    for a, b in zip(seed.actor.parameters(), lean.actor.parameters()):
+        np.testing.assert_allclose(a.detach().numpy(), b.detach().numpy(), rtol=1e-4, atol=1e-5)
+
+
+def test_build_refuses_an_unknown_style():
+    with pytest.raises(ValueError, match="style"):
+        B.build(np.zeros(1), np.zeros(1), np.ones(1), 1, 1, np.zeros((1, 2)), np.zeros((1, 2)), num_threads=None,
+                style="fast")

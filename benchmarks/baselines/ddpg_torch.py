@@ -41,7 +41,7 @@ How it differs from the seed's code (deliberately, so that the algorithm is the 
   embeddings and compute the state inside the update (as jaxrec does), instead of storing precomputed
   300-d states. Target: plain DDPG target critic (the seed used min(Q, Q')). Updates start once
   ``batch_size`` transitions are stored (the seed: once 2 are). epsilon decays per step (seed: per noisy step).
-* No artificial slowness, and none of the seed's avoidable overheads: acting and scoring run under
+* ``style="lean"`` (default): no artificial slowness, and none of the seed's avoidable overheads: acting and scoring run under
   ``torch.no_grad``; the recommended set is a boolean mask and candidates are scored with one
   ``[I, d] @ [d]`` product, masked to -inf and ``torch.topk`` (the seed rebuilt ``set(range(n_items)) -
   recommended`` into an id array and argsorted every step); the sum tree is a Python list (faster than
@@ -49,6 +49,18 @@ How it differs from the seed's code (deliberately, so that the algorithm is the 
   (``backward(inputs=...)``); soft updates are one in-place multi-tensor ``lerp``; Adam is torch's fused
   CPU implementation (``fused=True``: same update rule, 3x faster here than the default per-parameter
   loop); no printing, logging, wandb or plotting inside the loop.
+* ``style="seed"`` (``SeedStyleEnv``, ``NumpyTreeReplay``, ``SeedStyleAgent``) puts the seed's per-step code
+  structure back, still computing the same numbers (tests check it against ``style="lean"``): candidates rebuilt
+  every step as ``np.array(list(set(range(n_items)) - recommended_items))``, scored by ``item_emb[candidates] @ a``
+  and fully argsorted (``recommender.py:171-191``); acting with autograd on; the sum tree a numpy array read and
+  written one scalar at a time (``tree.py``); TD targets in a Python loop over the batch (``calculate_td_target``);
+  priorities updated one sample at a time (``recommender.py:316-317``); the critic's action gradient by a
+  separate forward/backward through the critic (``critic.py:dq_da``, which also fills the critic's parameter
+  gradients) and the actor trained on ``-(mu(s) . dQ/da)`` by another actor forward (``actor.py:train``; here at
+  mu(s) and summed over the action, so the gradient is the DPG one); torch's default Adam; soft updates as a
+  Python loop of ``copy_(tau * p + (1 - tau) * t)`` per parameter (``update_target_network``). Not reproduced:
+  its per-step ``print`` and its TensorFlow multimodal path. ``benchmarks/ddpg_throughput.py`` reports ours
+  against this style (the issue's "seed-style" loop) and against the lean one.
 * Threads: ``build(num_threads=2)`` calls ``torch.set_num_threads(2)`` by default (this CPU's 2 cores, as
   many as jax may use). On a machine shared with other jobs, 2 OpenMP threads can be 10-100x slower than 1
   for these small ops (a thread waits at every op for its descheduled partner), so
@@ -350,18 +362,141 @@ class DDPGAgent:
             self.step()
 
 
+
+# ----------------------------------------------------------------------------------------------------
+# The seed's per-step code structure (style="seed"): same computation, the seed's idioms
+
+
+class SeedStyleEnv(OfflineEnv):
+    """``OfflineEnv`` recommending as the seed does: a Python set of recommended ids, the candidate id array
+    rebuilt from it every step, every candidate scored and argsorted (``recommender.py:171-191``, in descending
+    order: A7.9 fixed)."""
+
+    def reset(self, user: int | None = None):
+        out = super().reset(user)
+        self.recommended_items = set(self.items)
+        return out
+
+    @torch.no_grad()
+    def recommend(self, action: torch.Tensor) -> list[int]:
+        items_ids = np.array(list(set(i for i in range(self.n_items)) - self.recommended_items))
+        scores = torch.matmul(self.item_emb[torch.tensor(items_ids, dtype=torch.long)], action[:, None]).squeeze(1)
+        best = torch.argsort(scores, descending=True, stable=True)[:self.top_k]
+        return items_ids[best.numpy()].tolist()
+
+    def step(self, action: torch.Tensor):
+        out = super().step(action)
+        self.recommended_items.update(out[3])
+        return out
+
+
+class NumpyTreeReplay(PrioritizedReplay):
+    """The same replay with the seed's numpy sum tree (one numpy scalar read or write per node visit)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.tree = np.zeros(2 * self.leaf0)
+
+    def update_priority(self, slot: int, priority: float):
+        """The seed's ``update_priority``: one sample at a time, the exponent applied per call."""
+        p = priority ** self.alpha
+        self._set(slot, p)
+        self.max_priority = max(self.max_priority, p)
+
+
+class SeedStyleAgent(DDPGAgent):
+    """``DDPGAgent`` written with the seed's per-step idioms (see the module docstring, ``style="seed"``)."""
+
+    def __init__(self, env: OfflineEnv, user_emb: torch.Tensor, item_emb: torch.Tensor, seed=0, **overrides):
+        super().__init__(env, user_emb, item_emb, seed=seed, **overrides)
+        c = self.c
+        self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=c["actor_lr"])
+        self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=c["critic_lr"])
+        self.buffer = NumpyTreeReplay(c["replay_capacity"], c["n_state"], c["dim"], c["per_alpha"], c["per_eps"], seed)
+        self.user_embedding = torch.nn.Embedding.from_pretrained(user_emb)
+        self.item_embedding = torch.nn.Embedding.from_pretrained(item_emb)
+
+    def step(self):
+        c, env = self.c, self.env
+        user, items = env.user, env.items
+        user_eb = self.user_embedding(torch.tensor([user], dtype=torch.long)).detach().numpy()
+        items_eb = self.item_embedding(torch.tensor(items, dtype=torch.long)).detach().numpy()
+        action = self.actor(torch.tensor(user_eb[0], dtype=torch.float32), torch.tensor(items_eb, dtype=torch.float32))
+        epsilon = max(c["epsilon_min"], c["epsilon"] - c["epsilon_decay"] * self.steps)
+        if self.random.random() < epsilon:
+            action = action + c["sigma"] * torch.randn(action.shape, generator=self.noise)
+        next_items, reward, done, _ = env.step(action.detach())
+        self.buffer.add(user, items, action.detach().numpy(), reward, next_items, done)
+        if self.buffer.size >= c["batch_size"]:
+            self.update()
+        if done:
+            env.reset()
+            self.episodes += 1
+        self.steps += 1
+        return reward, done
+
+    def calculate_td_target(self, rewards, q_values, dones):
+        y_t = np.copy(q_values)
+        for i in range(q_values.shape[0]):
+            y_t[i] = rewards[i] + (1 - dones[i]) * (self.c["gamma"] * q_values[i])
+        return y_t
+
+    def update(self, slots=None, weights=None):
+        c, buf = self.c, self.buffer
+        if slots is None:
+            beta = min(1.0, c["per_beta"] + c["per_beta_increment"] * self.updates)
+            slots, weights = buf.sample(c["batch_size"], beta)
+        user = self.user_embedding(torch.from_numpy(buf.user[slots]))
+        h = self.item_embedding(torch.from_numpy(buf.items[slots]))
+        h_next = self.item_embedding(torch.from_numpy(buf.next_items[slots]))
+        action = torch.from_numpy(buf.action[slots])
+        q_next = self.critic_target(user, h_next, self.actor_target(user, h_next))
+        y = torch.tensor(self.calculate_td_target(buf.reward[slots], q_next.detach().numpy(), buf.done[slots]))
+        # Critic (critic.py:train): weighted squared TD error.
+        self.critic_opt.zero_grad()
+        q = self.critic(user, h, action)
+        critic_loss = (torch.nn.functional.mse_loss(q, y, reduction="none") * torch.tensor(weights)).mean()
+        critic_loss.backward()
+        self.critic_opt.step()
+        td = (y - q).detach().numpy()
+        for s, t in zip(slots.tolist(), td.tolist()):
+            buf.update_priority(s, abs(t) + buf.eps)
+        # Actor (critic.py:dq_da, then actor.py:train), at mu(s).
+        actions = self.actor(user, h).detach().requires_grad_(True)
+        q_pi = self.critic(user, h, actions)
+        q_pi.backward(torch.ones_like(q_pi))
+        dq_das = actions.grad
+        self.actor_opt.zero_grad()
+        outputs = self.actor(user, h)
+        (-(outputs * dq_das).sum(-1).mean()).backward()
+        self.actor_opt.step()
+        for net, target in ((self.actor, self.actor_target), (self.critic, self.critic_target)):
+            for target_param, param in zip(target.parameters(), net.parameters()):
+                target_param.data.copy_(c["tau"] * param.data + (1 - c["tau"]) * target_param.data)
+        self.updates += 1
+        return critic_loss.item(), -q_pi.mean().item()
+
+
+STYLES = ("lean", "seed")
+
+
 def build(user, item, rating, n_users, n_items, user_emb: np.ndarray, item_emb: np.ndarray, seed=0,
-          positive_threshold=4.0, num_threads: int | None = 2, **overrides):
-    """(agent, env) over training interactions and frozen embeddings [U, d], [I, d] (float32)."""
+          positive_threshold=4.0, num_threads: int | None = 2, style: str = "lean", **overrides):
+    """(agent, env) over training interactions and frozen embeddings [U, d], [I, d] (float32).
+
+    ``style``: "lean" (``DDPGAgent``) or "seed" (``SeedStyleAgent``: the seed's per-step idioms)."""
+    if style not in STYLES:
+        raise ValueError(f"style must be one of {STYLES}, got {style!r}")
     if num_threads:
         torch.set_num_threads(num_threads)
     c = {**DEFAULTS, **overrides}
     u_emb, i_emb = torch.from_numpy(np.ascontiguousarray(user_emb, np.float32)), torch.from_numpy(
         np.ascontiguousarray(item_emb, np.float32))
-    env = OfflineEnv(user, item, rating, n_users, n_items, i_emb, n_state=c["n_state"], top_k=c["top_k"],
-                     horizon=c["horizon"], unrated_reward=c["unrated_reward"],
-                     positive_threshold=positive_threshold, seed=seed)
-    return DDPGAgent(env, u_emb, i_emb, seed=seed, **overrides), env
+    env = (SeedStyleEnv if style == "seed" else OfflineEnv)(
+        user, item, rating, n_users, n_items, i_emb, n_state=c["n_state"], top_k=c["top_k"], horizon=c["horizon"],
+        unrated_reward=c["unrated_reward"], positive_threshold=positive_threshold, seed=seed)
+    agent_cls = SeedStyleAgent if style == "seed" else DDPGAgent
+    return agent_cls(env, u_emb, i_emb, seed=seed, **overrides), env
 
 
 def load_ml1m_train(data_dir):
@@ -381,13 +516,14 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, default=2000)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (default 2)")
+    p.add_argument("--style", default="lean", choices=STYLES, help="lean (default) or the seed's per-step idioms")
     args = p.parse_args(argv)
     train = load_ml1m_train(args.data)
     rng = np.random.default_rng(args.seed)
     agent, _ = build(train.user, train.item, train.rating, train.n_users, train.n_items,
                      0.1 * rng.standard_normal((train.n_users, 100), np.float32),
                      0.1 * rng.standard_normal((train.n_items, 100), np.float32), seed=args.seed,
-                     num_threads=args.threads)
+                     num_threads=args.threads, style=args.style)
     agent.run(DEFAULTS["batch_size"])  # fill the replay so that every timed step updates
     t0 = time.perf_counter()
     agent.run(args.steps)
