@@ -32,12 +32,18 @@ def rows(results_dir: Path = RESULTS) -> list[tuple[str, dict]]:
     return out
 
 
+def other_baselines(r: dict) -> str:
+    """``baseline_NAME`` / ``ratio_NAME`` pairs of a record (more baselines timed beside the main one)."""
+    names = [k[len("baseline_"):] for k in r if k.startswith("baseline_") and f"ratio_{k[len('baseline_'):]}" in r]
+    return "; ".join(f"{n}: {r['baseline_' + n]:.4g} ({r['ratio_' + n]:.3g}x)" for n in names) or "-"
+
+
 def table(records) -> str:
-    lines = ["| benchmark | metric | ours | baseline | ratio (>1 = ours better) | unit | device |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| benchmark | metric | ours | baseline | ratio (>1 = ours better) | other baselines (ratio) | unit | device |",
+             "|---|---|---|---|---|---|---|---|"]
     for name, r in records:
         lines.append(f"| {name} | {r['metric']} | {r['ours']:.4g} | {r['baseline']:.4g} | {r['ratio']:.3g} | "
-                     f"{r['unit']} | {r['device']} |")
+                     f"{other_baselines(r)} | {r['unit']} | {r['device']} |")
     return "\n".join(lines)
 
 
