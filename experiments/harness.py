@@ -73,7 +73,10 @@ class Trainer(Protocol):
 
         ``view`` holds the part's visible history rows (``view.context``), so a sequence model can
         build each user's input; the mask already marks the same items. A trainer may instead define
-        ``evaluate_<protocol>(state, view, part) -> (metrics, n_users)`` to replace a protocol.
+        ``evaluate_<protocol>(state, view, part) -> (metrics, n_users)`` to replace a protocol, and
+        ``evaluate_groups(state, view, part) -> {group: (metrics, n_users)}`` to report the final
+        validation and test metrics per target group too (click vs purchase targets of event data), which
+        ``final.json`` holds under ``by_event`` (``val`` and ``test`` keep the protocols only).
         """
 
     def counters(self, state: Any) -> dict[str, int]:
@@ -117,6 +120,14 @@ def evaluate(trainer: Trainer, state, data: Dataset, cfg: C.Config, part: str) -
         else:
             raise ConfigError("eval.protocols", f"{type(trainer).__name__} has no evaluate_{protocol}")
     return results, users
+
+
+def evaluate_groups(trainer: Trainer, state, data: Dataset, cfg: C.Config, part: str) -> dict:
+    """{group: (metrics, n_users)} from the trainer's optional ``evaluate_groups`` ({} without one)."""
+    fn = getattr(trainer, "evaluate_groups", None)
+    if fn is None:
+        return {}
+    return fn(state, eval_view(data.inter, data.split, part, cfg.data.split.heldout_visible), part)
 
 
 def selection_value(val: dict, cfg: C.Config) -> float:
@@ -266,6 +277,7 @@ def run_single(exp: Experiment, cfg: C.Config, run_dir: Path, data: Dataset, pro
             manager.save(0, _ckpt_tree(state, best, 0, wall(), rd.n_lines(), best_val))
         val, val_users = evaluate(trainer, best, data, cfg, "val")
         test, test_users = evaluate(trainer, best, data, cfg, "test")
+        groups = {part: evaluate_groups(trainer, best, data, cfg, part) for part in ("val", "test")}
     finally:
         manager.close()
     final = {
@@ -273,6 +285,9 @@ def run_single(exp: Experiment, cfg: C.Config, run_dir: Path, data: Dataset, pro
         "val": val, "test": test, "eval_users": {"val": val_users, "test": test_users},
         "best_val": {cfg.eval.select: best_val}, "data": data.meta.get("name"), "split": data.split.scheme,
     }
+    if groups["val"] or groups["test"]:
+        final["by_event"] = {part: {g: m for g, (m, _) in groups[part].items()} for part in ("val", "test")}
+        final["by_event"]["users"] = {part: {g: n for g, (_, n) in groups[part].items()} for part in ("val", "test")}
     final.setdefault("env_steps", 0)
     final.setdefault("updates", 0)
     _write_json_atomic(rd.final, final)
@@ -325,6 +340,16 @@ def aggregate_seeds(finals: list[dict]) -> dict:
                 mean[proto][name] = float(v.mean())
                 ci[proto][name] = float(t975(len(v) - 1) * v.std(ddof=1) / np.sqrt(len(v))) if len(v) > 1 else 0.0
         out[part], out[f"{part}_ci95"] = mean, ci
+    if "by_event" in finals[0]:
+        out["by_event"], out["by_event_ci95"] = {}, {}
+        for part in ("val", "test"):
+            out["by_event"][part], out["by_event_ci95"][part] = {}, {}
+            for group, metrics in finals[0]["by_event"][part].items():
+                m, c = out["by_event"][part].setdefault(group, {}), out["by_event_ci95"][part].setdefault(group, {})
+                for name in metrics:
+                    v = np.array([f["by_event"][part][group][name] for f in finals], np.float64)
+                    m[name] = float(v.mean())
+                    c[name] = float(t975(len(v) - 1) * v.std(ddof=1) / np.sqrt(len(v))) if len(v) > 1 else 0.0
     return out
 
 

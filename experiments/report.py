@@ -5,7 +5,8 @@
 
 Each run directory holds a final.json (one seed, or ``--seeds N`` with ``test_ci95``). A row per run:
 experiment name, seeds, then ``mean ± 95% half-width`` per metric. A metric is ``NAME@K`` of
-``--protocol`` or ``PROTOCOL:NAME@K``. With ``--readme`` the table replaces
+``--protocol`` or ``PROTOCOL:NAME@K``; ``click:NAME@K`` / ``purchase:NAME@K`` read the per-event-type
+metrics of event data (``by_event`` in final.json). With ``--readme`` the table replaces
 the text between ``<!-- table:NAME -->`` and ``<!-- /table:NAME -->`` so README figures are never typed
 by hand.
 """
@@ -36,8 +37,10 @@ def table(finals: list[tuple[str, dict]], protocol: str, metrics: list[str], par
         n = len(f.get("seeds", [None]))
         cells = []
         for p, m in columns:
-            values = f.get(part, {}).get(p, {})
-            ci = f.get(f"{part}_ci95", {}).get(p, {})
+            if p in f.get("by_event", {}).get(part, {}):
+                values, ci = f["by_event"][part][p], f.get("by_event_ci95", {}).get(part, {}).get(p, {})
+            else:
+                values, ci = f.get(part, {}).get(p, {}), f.get(f"{part}_ci95", {}).get(p, {})
             if m not in values:
                 cells.append("–")
             elif n > 1:

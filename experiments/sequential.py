@@ -18,11 +18,10 @@ relevant), so ``popularity_seq`` gives the popularity floor under this protocol;
 numbers are not comparable with these. ``drr`` (the harness's one-step top-K from each user's state
 items) works through ``score_fn``.
 
-Events sources, click vs purchase (as the SQN papers report): ``model.eval_events=click|purchase``
-restricts the queries of ``full`` to targets of the non-purchase / purchase event types
-(``model.purchase_events``); the trainers also implement the protocols ``full_click`` and
-``full_purchase`` to report both groups from one run, which ``eval.protocols`` accepts once the
-foundation allows these names (the contract checker currently admits only ``full`` and ``drr``).
+Events sources, click vs purchase (as the SQN papers report): on data with event types every run also
+reports its final validation and test metrics per target group, clicks (non-purchase event types) and
+purchases (``model.purchase_events``), under ``by_event`` in ``final.json``; ``model.eval_events=click|purchase``
+makes ``full`` itself (and so model selection) score one group only.
 """
 from __future__ import annotations
 
@@ -43,7 +42,7 @@ from jaxrec.errors import ConfigError
 from jaxrec.eval.metrics import topk_metrics
 from jaxrec.rl.sqn import SQNConfig, make_scorer, make_train, samples_count
 
-PROTOCOLS = ("full", "drr", "full_click", "full_purchase")
+PROTOCOLS = ("full", "drr")
 
 
 @dataclasses.dataclass
@@ -131,9 +130,10 @@ class NextItemEvaluator:
         if max(self.ks) > data.inter.n_items:
             raise ConfigError("eval.ks", f"cut-off {max(self.ks)} exceeds the {data.inter.n_items} items of this data")
         check_event_group(data.inter, opts.events, opts.purchase_events)
-        for protocol in cfg.eval.protocols:
-            if protocol in ("full_click", "full_purchase"):
-                check_event_group(data.inter, protocol.removeprefix("full_"), opts.purchase_events)
+        self.groups: tuple[str, ...] = ()
+        if data.inter.event is not None and data.inter.event_types:
+            check_event_group(data.inter, "purchase", opts.purchase_events)
+            self.groups = ("click", "purchase")
         self._queries: dict[tuple[str, str], NextItemQueries] = {}
 
     def queries(self, view: EvalView, part: str, group: str) -> NextItemQueries:
@@ -274,11 +274,8 @@ class SequentialTrainer:
     def evaluate_full(self, state, view, part):
         return self._evaluate(state, view, part)
 
-    def evaluate_full_click(self, state, view, part):
-        return self._evaluate(state, view, part, "click")
-
-    def evaluate_full_purchase(self, state, view, part):
-        return self._evaluate(state, view, part, "purchase")
+    def evaluate_groups(self, state, view, part):
+        return {group: self._evaluate(state, view, part, group) for group in self.evaluator.groups}
 
     def counters(self, state):
         return {"env_steps": 0, "updates": int(state.step), "samples": samples_count(state)}
@@ -327,11 +324,8 @@ class PopularitySeqTrainer:
     def evaluate_full(self, state, view, part):
         return self._evaluate(state, view, part)
 
-    def evaluate_full_click(self, state, view, part):
-        return self._evaluate(state, view, part, "click")
-
-    def evaluate_full_purchase(self, state, view, part):
-        return self._evaluate(state, view, part, "purchase")
+    def evaluate_groups(self, state, view, part):
+        return {group: self._evaluate(state, view, part, group) for group in self.evaluator.groups}
 
     def counters(self, state):
         return {"env_steps": 0, "updates": 0}

@@ -37,11 +37,16 @@ def synthetic_interactions(n_users=60, n_items=40, per_user=(12, 30), seed=0) ->
 def write_prepared(inter: Interactions, out: Path, name="synthetic", positive_threshold=4.0) -> Path:
     """Writes ``inter`` as a prepared data directory (DESIGN.md 2.1)."""
     out.mkdir(parents=True, exist_ok=True)
-    np.savez(out / "interactions.npz", user=inter.user, item=inter.item, rating=inter.rating, order=inter.order)
+    arrays = dict(user=inter.user, item=inter.item, rating=inter.rating, order=inter.order)
+    if inter.event is not None:
+        arrays["event"] = inter.event
+    np.savez(out / "interactions.npz", **arrays)
     (out / "items.csv").write_text("item,original_id\n" + "".join(f"{i},{i + 100}\n" for i in range(inter.n_items)))
     (out / "users.csv").write_text("user,original_id\n" + "".join(f"{u},{u + 1}\n" for u in range(inter.n_users)))
     meta = {"name": name, "n_users": inter.n_users, "n_items": inter.n_items, "n_interactions": len(inter),
             "rating_min": float(inter.rating.min()), "rating_max": float(inter.rating.max()), "sources": [],
             "format_version": 1, "order_kind": "timestamp", "positive_threshold": positive_threshold}
+    if inter.event is not None:
+        meta["event_types"] = list(inter.event_types)
     (out / "meta.json").write_text(json.dumps(meta))
     return out

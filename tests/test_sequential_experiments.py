@@ -89,32 +89,69 @@ def test_quick_runs_of_the_other_agents(exp, data_dir, tmp_path):
     assert len(losses) == 4 and all(np.isfinite(losses))
 
 
-def test_popularity_seq_matches_a_hand_computed_next_item_hr(data_dir, tmp_path):
-    run_dir = tmp_path / "pop"
-    assert main(["--exp=popularity_seq", "--data", str(data_dir), "--run-dir", str(run_dir), *USERS]) == 0
-    check_contract(run_dir)
-    f = final(run_dir)
+def _popularity_hits_by_hand(data_dir, ks=(5, 10), events=None):
+    """{k: HR@k} of popularity_seq on the users split's test users, computed query by query.
+
+    ``events``: only targets whose event code is in it (a click or purchase group)."""
     from data_prep.common import load_prepared
     from jaxrec.data.splits import user_split
 
     inter, _, _ = load_prepared(data_dir)
     split = user_split(inter, (0.8, 0.1, 0.1), seed=0)
     counts = np.bincount(inter.item[split.train], minlength=inter.n_items)
-    hits = {5: 0, 10: 0}
+    hits = {k: 0 for k in ks}
     n = 0
     for u in np.unique(inter.user[split.test]):
-        items = list(inter.item[inter.user == u])
+        rows = np.flatnonzero(inter.user == u)
+        items = list(inter.item[rows])
         for p in range(5, len(items)):  # the first 5 are visible context, every later row is a query
             seen = set(items[:p])
-            if items[p] in seen:
+            if items[p] in seen or (events is not None and inter.event[rows[p]] not in events):
                 continue
             ranking = [i for i in np.argsort(-counts, kind="stable") if i not in seen]
             rank = ranking.index(items[p])
             n += 1
             for k in hits:
                 hits[k] += rank < k
-    for k in hits:
-        assert f["test"]["full"][f"hr@{k}"] == pytest.approx(hits[k] / n)
+    assert n > 0
+    return {k: hits[k] / n for k in hits}
+
+
+def test_popularity_seq_matches_a_hand_computed_next_item_hr(data_dir, tmp_path):
+    run_dir = tmp_path / "pop"
+    assert main(["--exp=popularity_seq", "--data", str(data_dir), "--run-dir", str(run_dir), *USERS]) == 0
+    check_contract(run_dir)
+    f = final(run_dir)
+    assert "by_event" not in f  # no event types in this data
+    for k, hr in _popularity_hits_by_hand(data_dir).items():
+        assert f["test"]["full"][f"hr@{k}"] == pytest.approx(hr)
+
+
+def test_event_data_reports_click_and_purchase_targets_apart(tmp_path):
+    """On event data the final metrics also come per event type (SQN papers' click / purchase HR and NDCG),
+    each equal to the hand-computed value on that group's targets, under by_event (val/test keep protocols)."""
+    import dataclasses
+
+    inter = synthetic_interactions(n_users=60, n_items=40, per_user=(12, 30), seed=7)
+    event = np.random.default_rng(3).choice(3, size=len(inter), p=[0.6, 0.2, 0.2]).astype(np.int8)
+    ev = dataclasses.replace(inter, event=event, event_types=("view", "addtocart", "transaction"))
+    data = write_prepared(ev, tmp_path / "ev", positive_threshold=1.0)
+    run_dir = tmp_path / "pop"
+    assert main(["--exp=popularity_seq", "--data", str(data), "--run-dir", str(run_dir), *USERS, "--seeds", "2"]) == 0
+    check_contract(run_dir)
+    f = final(run_dir)
+    assert set(f["by_event"]["test"]) == set(f["by_event"]["val"]) == {"click", "purchase"}
+    assert set(f["by_event_ci95"]["test"]["click"]) == set(f["by_event"]["test"]["click"])
+    for group, codes in (("click", {0, 1}), ("purchase", {2})):
+        for k, hr in _popularity_hits_by_hand(data, events=codes).items():
+            assert f["by_event"]["test"][group][f"hr@{k}"] == pytest.approx(hr)
+            assert f["seeds"][0]["by_event"]["test"][group][f"hr@{k}"] == pytest.approx(hr)
+    for k, hr in _popularity_hits_by_hand(data).items():
+        assert f["test"]["full"][f"hr@{k}"] == pytest.approx(hr)
+    from experiments.report import table
+
+    text = table([("pop", {**f, "wall_s": 1.0})], "full", ["hr@5", "click:hr@5", "purchase:hr@5"])
+    assert f"{f['by_event']['test']['purchase']['hr@5']:.4f}" in text
 
 
 def test_metrics_exclude_seen_items_by_hand():
