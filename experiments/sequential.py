@@ -4,7 +4,8 @@
 All five are trained on the training part only (``train_view``) and scored by the same next-item
 protocol, reported under the protocol name ``full`` (full-catalogue ranking):
 
-* one query per held-out target interaction whose rating/reward reaches the relevance threshold: the
+* one query per held-out target interaction (``model.eval_targets=relevant``: only those whose
+  rating/reward reaches ``data.relevant_threshold``; the default ``all`` is the seed's and SQN's): the
   model sees the last ``model.window`` items the user interacted with before it (the part's visible
   context and the earlier targets; these are input only, never trained on) and ranks every item;
 * items the user interacted with before the target are excluded (``model.exclude_seen``; a query whose
@@ -57,6 +58,8 @@ class NextItemEval:
     """Events sources: event types counted as purchases (the rest are clicks)."""
     events: str = "all"
     """Targets the full protocol scores: all, click or purchase (events sources)."""
+    targets: str = "all"
+    """Queries: every held-out interaction, or only the relevant ones (rating >= the relevance threshold)."""
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -139,7 +142,9 @@ class NextItemEvaluator:
     def queries(self, view: EvalView, part: str, group: str) -> NextItemQueries:
         if (part, group) not in self._queries:
             if (part, "all") not in self._queries:
-                target = view.target[self.inter.rating[view.target] >= self.threshold]
+                target = view.target
+                if self.opts.targets == "relevant":
+                    target = target[self.inter.rating[target] >= self.threshold]
                 history = np.union1d(view.context, view.target)
                 q = next_item_queries(self.inter, history, target, self.opts.window)
                 self._queries[part, "all"] = drop_seen_targets(q) if self.opts.exclude_seen else q
@@ -234,7 +239,7 @@ class SequentialTrainer:
         self._fns = _compiled_functions(m, data.inter.n_items)
         self._init, self._train, self._score = self._fns["init"], self._fns["train"], self._fns["score"]
         self.evaluator = NextItemEvaluator(cfg, data, NextItemEval(m.window, m.exclude_seen, m.purchase_events,
-                                                                   m.eval_events))
+                                                                   m.eval_events, m.eval_targets))
 
     def init(self, key):
         state = self._init(key)
@@ -293,6 +298,8 @@ class PopularitySeqConfig:
     """Events sources: event types counted as purchases (the rest are clicks)."""
     eval_events: Literal["all", "click", "purchase"] = "all"
     """Targets the full protocol scores: all, click or purchase (events sources)."""
+    eval_targets: Literal["all", "relevant"] = "all"
+    """Every held-out interaction is a next-item query, or only those reaching data.relevant_threshold."""
 
 
 class PopularitySeqTrainer:
@@ -303,7 +310,7 @@ class PopularitySeqTrainer:
         self.train_inter = train_view(data.inter, data.split)
         self.min_rating = data.relevant_threshold if m.positives_only else None
         self.evaluator = NextItemEvaluator(cfg, data, NextItemEval(m.window, m.exclude_seen, m.purchase_events,
-                                                                   m.eval_events))
+                                                                   m.eval_events, m.eval_targets))
 
     def init(self, key):
         del key  # deterministic: nothing is sampled

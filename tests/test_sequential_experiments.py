@@ -89,10 +89,11 @@ def test_quick_runs_of_the_other_agents(exp, data_dir, tmp_path):
     assert len(losses) == 4 and all(np.isfinite(losses))
 
 
-def _popularity_hits_by_hand(data_dir, ks=(5, 10), events=None):
+def _popularity_hits_by_hand(data_dir, ks=(5, 10), events=None, min_rating=None):
     """{k: HR@k} of popularity_seq on the users split's test users, computed query by query.
 
-    ``events``: only targets whose event code is in it (a click or purchase group)."""
+    ``events``: only targets whose event code is in it (a click or purchase group); ``min_rating``: only
+    targets rated at least that."""
     from data_prep.common import load_prepared
     from jaxrec.data.splits import user_split
 
@@ -107,6 +108,8 @@ def _popularity_hits_by_hand(data_dir, ks=(5, 10), events=None):
         for p in range(5, len(items)):  # the first 5 are visible context, every later row is a query
             seen = set(items[:p])
             if items[p] in seen or (events is not None and inter.event[rows[p]] not in events):
+                continue
+            if min_rating is not None and inter.rating[rows[p]] < min_rating:
                 continue
             ranking = [i for i in np.argsort(-counts, kind="stable") if i not in seen]
             rank = ranking.index(items[p])
@@ -125,6 +128,21 @@ def test_popularity_seq_matches_a_hand_computed_next_item_hr(data_dir, tmp_path)
     assert "by_event" not in f  # no event types in this data
     for k, hr in _popularity_hits_by_hand(data_dir).items():
         assert f["test"]["full"][f"hr@{k}"] == pytest.approx(hr)
+
+
+def test_every_held_out_interaction_is_a_query_unless_relevant_only_is_asked(tmp_path):
+    """The next-item protocol does not depend on the data's positive threshold (as the seed): with ratings
+    1-5 and threshold 4 every held-out interaction is a query; eval_targets=relevant keeps rating >= 4."""
+    data = write_prepared(synthetic_interactions(n_users=60, n_items=40, per_user=(12, 30), seed=7),
+                          tmp_path / "r4", positive_threshold=4.0)
+    for targets, min_rating in (("all", None), ("relevant", 4.0)):
+        run_dir = tmp_path / targets
+        assert main(["--exp=popularity_seq", "--data", str(data), "--run-dir", str(run_dir), *USERS,
+                     f"model.eval_targets={targets}"]) == 0
+        f = final(run_dir)
+        for k, hr in _popularity_hits_by_hand(data, min_rating=min_rating).items():
+            assert f["test"]["full"][f"hr@{k}"] == pytest.approx(hr)
+    assert _popularity_hits_by_hand(data) != _popularity_hits_by_hand(data, min_rating=4.0)
 
 
 def test_event_data_reports_click_and_purchase_targets_apart(tmp_path):

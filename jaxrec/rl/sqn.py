@@ -130,6 +130,9 @@ class SQNConfig:
     """Evaluation, events sources: event types counted as purchases (the rest are clicks)."""
     eval_events: Literal["all", "click", "purchase"] = "all"
     """Evaluation, events sources: the targets the full protocol scores (all, clicks or purchases)."""
+    eval_targets: Literal["all", "relevant"] = "all"
+    """Evaluation: every held-out interaction is a next-item query (the seed and the SQN papers), or only
+    those whose rating/reward reaches data.relevant_threshold."""
 
     def validate(self):
         ints = {"window": self.window, "dim": self.dim, "heads": self.heads, "layers": self.layers,
