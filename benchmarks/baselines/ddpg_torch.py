@@ -308,17 +308,21 @@ class DDPGAgent:
         self.noise = torch.Generator().manual_seed(seed + 2)
         self.steps = self.updates = self.episodes = 0
 
+    @torch.no_grad()
+    def act(self, user: int, items: list[int]) -> torch.Tensor:
+        """The policy's action [d] for one user's state, without exploration."""
+        return self.actor(self.user_emb[user], self.item_emb[items])
+
     def step(self):
         """One environment step: act (with exploration), simulate, store, update once, restart if done."""
         c, env = self.c, self.env
         user, items = env.user, env.items
-        with torch.no_grad():
-            action = self.actor(self.user_emb[user], self.item_emb[items])
+        action = self.act(user, items)
         epsilon = max(c["epsilon_min"], c["epsilon"] - c["epsilon_decay"] * self.steps)
         if self.random.random() < epsilon:
-            action += c["sigma"] * torch.randn(action.shape, generator=self.noise)
-        next_items, reward, done, _ = env.step(action)
-        self.buffer.add(user, items, action.numpy(), reward, next_items, done)
+            action = action + c["sigma"] * torch.randn(action.shape, generator=self.noise)
+        next_items, reward, done, _ = env.step(action.detach())
+        self.buffer.add(user, items, action.detach().numpy(), reward, next_items, done)
         if self.buffer.size >= c["batch_size"]:
             self.update()
         if done:
@@ -416,24 +420,11 @@ class SeedStyleAgent(DDPGAgent):
         self.user_embedding = torch.nn.Embedding.from_pretrained(user_emb)
         self.item_embedding = torch.nn.Embedding.from_pretrained(item_emb)
 
-    def step(self):
-        c, env = self.c, self.env
-        user, items = env.user, env.items
+    def act(self, user: int, items: list[int]) -> torch.Tensor:
+        """As the seed: embedding lookups through numpy, autograd on (``recommender.py`` train loop)."""
         user_eb = self.user_embedding(torch.tensor([user], dtype=torch.long)).detach().numpy()
         items_eb = self.item_embedding(torch.tensor(items, dtype=torch.long)).detach().numpy()
-        action = self.actor(torch.tensor(user_eb[0], dtype=torch.float32), torch.tensor(items_eb, dtype=torch.float32))
-        epsilon = max(c["epsilon_min"], c["epsilon"] - c["epsilon_decay"] * self.steps)
-        if self.random.random() < epsilon:
-            action = action + c["sigma"] * torch.randn(action.shape, generator=self.noise)
-        next_items, reward, done, _ = env.step(action.detach())
-        self.buffer.add(user, items, action.detach().numpy(), reward, next_items, done)
-        if self.buffer.size >= c["batch_size"]:
-            self.update()
-        if done:
-            env.reset()
-            self.episodes += 1
-        self.steps += 1
-        return reward, done
+        return self.actor(torch.tensor(user_eb[0], dtype=torch.float32), torch.tensor(items_eb, dtype=torch.float32))
 
     def calculate_td_target(self, rewards, q_values, dones):
         y_t = np.copy(q_values)
