@@ -18,6 +18,7 @@ Loop and resume order (written down because resuming must give the same ``final.
 """
 from __future__ import annotations
 
+import ctypes
 import dataclasses
 import gc
 import json
@@ -353,6 +354,26 @@ def aggregate_seeds(finals: list[dict]) -> dict:
     return out
 
 
+def release_freed_memory():
+    """Returns freed heap memory to the OS (glibc only; a no-op elsewhere).
+
+    XLA's compiler frees its working memory (hundreds of MB for the training step) into glibc's arenas,
+    which keep it; without this the process peak is compile + run instead of the larger of the two.
+    """
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+def _release_compiled():
+    """Drops jit caches and unreferenced buffers after a run, so that many seeds or ablation points in one
+    process peak at one run's memory, not the sum (each run builds and jits its own closures)."""
+    jax.clear_caches()
+    gc.collect()
+    release_freed_memory()
+
+
 def run_experiment(exp: Experiment, cfg: C.Config, run_dir: Path, n_seeds: int = 1, progress=print) -> dict:
     if cfg.devices > jax.local_device_count():
         raise ConfigError("--devices", f"{cfg.devices} requested but only {jax.local_device_count()} local devices exist")
@@ -363,17 +384,16 @@ def run_experiment(exp: Experiment, cfg: C.Config, run_dir: Path, n_seeds: int =
         raise ConfigError("eval.protocols", f"{bad} not available for {exp.name}; expected a subset of {exp.protocols}")
     data = load_dataset(cfg)
     if n_seeds == 1:
-        return run_single(exp, cfg, run_dir, data, progress)
+        final = run_single(exp, cfg, run_dir, data, progress)
+        _release_compiled()
+        return final
     rd = RunDir(run_dir)
     rd.start({**C.to_dict(cfg), "seeds": n_seeds})
     finals = []
     for s in range(cfg.seed, cfg.seed + n_seeds):
         progress(f"seed {s}")
         finals.append(run_single(exp, dataclasses.replace(cfg, seed=s), run_dir / f"seed{s}", data, progress))
-        # Each seed builds (and jits) its own closures: drop the previous seed's executables and buffers so
-        # that a many-seed run peaks at one seed's memory, not the sum.
-        jax.clear_caches()
-        gc.collect()
+        _release_compiled()
     rd.truncate(0)
     for s in range(cfg.seed, cfg.seed + n_seeds):
         for line in (run_dir / f"seed{s}" / "metrics.jsonl").read_text().splitlines():

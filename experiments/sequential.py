@@ -26,15 +26,15 @@ makes ``full`` itself (and so model selection) score one group only.
 """
 from __future__ import annotations
 
-import ctypes
 import dataclasses
+import gc
 from typing import Callable, Literal
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from experiments.harness import Experiment
+from experiments.harness import Experiment, release_freed_memory
 from jaxrec import config as C
 from jaxrec.baselines import popularity_scores
 from jaxrec.data.sequences import NextItemQueries, next_item_queries, seen_mask, sequence_chunks, target_seen
@@ -181,18 +181,6 @@ def last_windows(inter, rows: np.ndarray, users: np.ndarray, window: int) -> np.
     return np.where(inside, inter.item[rows[np.maximum(cols, 0)]], out)
 
 
-def release_freed_memory():
-    """Returns freed heap memory to the OS (glibc only; a no-op elsewhere).
-
-    XLA's compiler frees its working memory (hundreds of MB for the training step) into glibc's arenas,
-    which keep it; without this the process peak is compile + run instead of the larger of the two.
-    """
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
-
-
 # ----------------------------------------------------------------------------------------------------
 # Trainers
 
@@ -208,8 +196,10 @@ def _compiled_functions(m: SQNConfig, n_items: int) -> dict:
     """
     key = (repr(m), n_items)
     if key not in _FUNCTIONS:
-        while len(_FUNCTIONS) >= 2:  # an ablation grid runs many configs in one process: keep the latest
-            _FUNCTIONS.pop(next(iter(_FUNCTIONS)))
+        # An ablation grid runs many configs in one process, one after another: keep only the current one,
+        # so that the previous config's compiled step is freed before this one compiles.
+        _FUNCTIONS.clear()
+        gc.collect()
         network = m.network(n_items)
         init, train = make_train(m, network)
         _FUNCTIONS[key] = {"init": init, "train": train, "score": make_scorer(m, network), "compiled": {}}
