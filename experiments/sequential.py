@@ -35,8 +35,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from experiments.harness import Experiment, release_freed_memory
+from experiments.popularity import PopularityTrainer
 from jaxrec import config as C
-from jaxrec.baselines import popularity_scores
 from jaxrec.data.sequences import NextItemQueries, next_item_queries, seen_mask, sequence_chunks, target_seen
 from jaxrec.data.splits import EvalView, train_view
 from jaxrec.errors import ConfigError
@@ -292,26 +292,14 @@ class PopularitySeqConfig:
     """Every held-out interaction is a next-item query, or only those reaching data.relevant_threshold."""
 
 
-class PopularitySeqTrainer:
+class PopularitySeqTrainer(PopularityTrainer):
     """Most-popular training items for every query, under the next-item protocol."""
 
     def __init__(self, cfg: C.Config, data):
+        super().__init__(cfg, data)
         m: PopularitySeqConfig = cfg.model
-        self.train_inter = train_view(data.inter, data.split)
-        self.min_rating = data.relevant_threshold if m.positives_only else None
         self.evaluator = NextItemEvaluator(cfg, data, NextItemEval(m.window, m.exclude_seen, m.purchase_events,
                                                                    m.eval_events, m.eval_targets))
-
-    def init(self, key):
-        del key  # deterministic: nothing is sampled
-        return {"item_scores": popularity_scores(self.train_inter, self.min_rating)}
-
-    def train(self, state, n_steps):
-        return state, {}
-
-    def score_fn(self, state, view):
-        item_scores = state["item_scores"]
-        return lambda users, context: jnp.broadcast_to(item_scores, context.shape)
 
     def _evaluate(self, state, view, part, group=None):
         item_scores = state["item_scores"]
@@ -323,9 +311,6 @@ class PopularitySeqTrainer:
 
     def evaluate_groups(self, state, view, part):
         return {group: self._evaluate(state, view, part, group) for group in self.evaluator.groups}
-
-    def counters(self, state):
-        return {"env_steps": 0, "updates": 0}
 
 
 # ----------------------------------------------------------------------------------------------------
