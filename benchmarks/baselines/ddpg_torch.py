@@ -287,6 +287,9 @@ class Critic(nn.Module):
 class DDPGAgent:
     """The seed's ``DRRAgent`` (ID embeddings, top-k training), restricted to what one training step does."""
 
+    replay_cls = PrioritizedReplay
+    fused_adam: bool | None = True  # torch's fused CPU Adam: the same update rule, 3x faster here than the default loop
+
     def __init__(self, env: OfflineEnv, user_emb: torch.Tensor, item_emb: torch.Tensor, seed=0, **overrides):
         c = {**DEFAULTS, **overrides}
         self.c = c
@@ -301,9 +304,9 @@ class DDPGAgent:
         # Online/target parameter lists for the soft update (one multi-tensor lerp per step).
         self.online = [*self.actor_params, *self.critic.parameters()]
         self.targets = [*self.actor_target.parameters(), *self.critic_target.parameters()]
-        self.actor_opt = torch.optim.Adam(self.actor_params, lr=c["actor_lr"], fused=True)
-        self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=c["critic_lr"], fused=True)
-        self.buffer = PrioritizedReplay(c["replay_capacity"], c["n_state"], c["dim"], c["per_alpha"], c["per_eps"], seed)
+        self.actor_opt = torch.optim.Adam(self.actor_params, lr=c["actor_lr"], fused=self.fused_adam)
+        self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=c["critic_lr"], fused=self.fused_adam)
+        self.buffer = self.replay_cls(c["replay_capacity"], c["n_state"], c["dim"], c["per_alpha"], c["per_eps"], seed)
         self.random = random.Random(seed + 1)
         self.noise = torch.Generator().manual_seed(seed + 2)
         self.steps = self.updates = self.episodes = 0
@@ -411,12 +414,11 @@ class NumpyTreeReplay(PrioritizedReplay):
 class SeedStyleAgent(DDPGAgent):
     """``DDPGAgent`` written with the seed's per-step idioms (see the module docstring, ``style="seed"``)."""
 
+    replay_cls = NumpyTreeReplay
+    fused_adam = None  # the seed's optim.Adam(params, lr): torch's default implementation
+
     def __init__(self, env: OfflineEnv, user_emb: torch.Tensor, item_emb: torch.Tensor, seed=0, **overrides):
         super().__init__(env, user_emb, item_emb, seed=seed, **overrides)
-        c = self.c
-        self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=c["actor_lr"])
-        self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=c["critic_lr"])
-        self.buffer = NumpyTreeReplay(c["replay_capacity"], c["n_state"], c["dim"], c["per_alpha"], c["per_eps"], seed)
         self.user_embedding = torch.nn.Embedding.from_pretrained(user_emb)
         self.item_embedding = torch.nn.Embedding.from_pretrained(item_emb)
 
