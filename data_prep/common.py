@@ -3,6 +3,7 @@ hashing, robust table reading with line-numbered errors, and loading a prepared 
 """
 from __future__ import annotations
 
+import argparse
 import contextlib
 import hashlib
 import io
@@ -24,6 +25,17 @@ from jaxrec.data.interactions import Interactions
 from jaxrec.errors import InputError
 
 FORMAT_VERSION = 1
+
+
+class ArgParser(argparse.ArgumentParser):
+    """argparse whose errors raise ``InputError``: a bad flag then gives the same single line
+    ``error: --flag: ...`` and exit status 2 as bad data, instead of usage text plus an error line."""
+
+    def error(self, message):
+        m = re.match(r"argument ([^:]+): (.*)", message, re.S)
+        if m:
+            raise InputError(m.group(1), m.group(2))
+        raise InputError(self.prog, message)
 
 
 def cli_main(fn, argv=None, debug: bool | None = None) -> int:

@@ -16,7 +16,6 @@ import argparse
 import json
 import math
 import os
-import re
 import sys
 import time
 import urllib.error
@@ -27,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from data_prep.common import (FORMAT_VERSION, Source, atomic_dir, check_digest, cli_main, file_digest, file_line,
+from data_prep.common import (FORMAT_VERSION, ArgParser, Source, atomic_dir, check_digest, cli_main, file_digest, file_line,
                               numeric_column, read_delimited, require_columns, row_location)
 from jaxrec.data.preprocess import DEDUP_POLICIES, Raw, clean
 from jaxrec.errors import InputError
@@ -447,19 +446,8 @@ def write_output(out, name, cols, user_uniques, item_uniques, items, users, meta
 # CLI
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse whose errors raise ``InputError``: a bad flag then gives the same single line
-    ``error: --flag: ...`` and exit status 2 as bad data, instead of usage text plus an error line."""
-
-    def error(self, message):
-        m = re.match(r"argument ([^:]+): (.*)", message, re.S)
-        if m:
-            raise InputError(m.group(1), m.group(2))
-        raise InputError(self.prog, message)
-
-
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="prepare.py", description=__doc__.split("\n\n")[0])
+    p = ArgParser(prog="prepare.py", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="source", required=True)
 
     def shared(sp, dedup_default, threshold_default):

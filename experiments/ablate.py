@@ -2,6 +2,7 @@
 
   python experiments/ablate.py --grid=lambda|nsteps|ssl|doubleq [--data DIR] [--out DIR] [--seed N] [--seeds N]
                                [--quick] [--set a.b=value ...] [--metrics hr@10,ndcg@10]
+  python experiments/ablate.py --grid=modalities|fusion --features DIR [--exp ddpg_multimodal|mf_multimodal] ...
   python experiments/ablate.py --grid=list
 
 Each grid point is one run directory ``OUT/<label>`` of the harness (resumable: re-running the same
@@ -16,17 +17,27 @@ Grids (all on ``m3s_tdlambda``; OUT defaults to ``runs/ablate-<grid>[-quick]``):
   nsteps  model.n_steps in 1, 3, 6, 10 (n = 1 has no future step, so its self-supervision is off)
   ssl     model.ssl in none, future_states, ahead (without / with multi-step self-supervision)
   doubleq model.double_q in heads, networks, none (how the double-Q estimators are built)
+
+Multimodal grids (on ``ddpg_multimodal``, or ``mf_multimodal`` with ``--exp``; they need ``--features``):
+  modalities  every non-empty subset of the modalities in the features directory (manifest order)
+  fusion      early/late x concat/mean
+Their tables also hold reference rows, run on the same split, relevance and protocols as the grid's
+points: the ID-only counterpart (``ddpg_id`` or ``mf``, its own model defaults plus the shared ``--set``
+keys it has) and ``popularity``.
 """
 from __future__ import annotations
 
 import argparse
 import csv
 import dataclasses
+import itertools
 import json
+import math
 import sys
 from pathlib import Path
 
 from data_prep.common import cli_main
+from jaxrec import config as C
 from jaxrec.errors import ConfigError
 
 
@@ -38,6 +49,33 @@ class Grid:
     points: tuple[tuple[str, tuple[str, ...]], ...]
     """(label, --set overrides) per point; the first override sets ``key``."""
     description: str
+    references: tuple[str, ...] = ()
+    """Experiments run once as reference rows on the grid's split, relevance and protocols."""
+
+
+MULTIMODAL = {"ddpg_multimodal": ("model.embed.", "ddpg_id"), "mf_multimodal": ("model.", "mf")}
+"""Multimodal experiment -> (prefix of its embedding config keys, its ID-only counterpart)."""
+
+
+def multimodal_grid(name: str, exp: str, features: str | None) -> Grid:
+    """The ``modalities`` or ``fusion`` grid of ``exp`` (points depend on the features directory)."""
+    if exp not in MULTIMODAL:
+        raise ConfigError("--exp", f"{exp!r}: the {name} grid runs on one of {', '.join(MULTIMODAL)}")
+    prefix, id_only = MULTIMODAL[exp]
+    if name == "fusion":
+        points = tuple((f"{f}_{p}", (f"{prefix}fusion={f}", f"{prefix}pool={p}"))
+                       for f in ("early", "late") for p in ("concat", "mean"))
+        return Grid(exp, f"{prefix}fusion", points, "fusion x pooling of the item features",
+                    references=(id_only, "popularity"))
+    if not features:
+        raise ConfigError("--features", "the modalities grid takes its modalities from a features directory")
+    from jaxrec.features.store import read_manifest
+
+    names = list(read_manifest(Path(features) / "manifest.json")["modalities"])
+    subsets = [c for r in range(1, len(names) + 1) for c in itertools.combinations(names, r)]
+    points = tuple(("+".join(c), (f"{prefix}modalities={','.join(c)}",)) for c in subsets)
+    return Grid(exp, f"{prefix}modalities", points, "modalities used by the item tower (every non-empty subset)",
+                references=(id_only, "popularity"))
 
 
 GRIDS = {
@@ -60,9 +98,23 @@ GRIDS = {
 def point_config(exp, grid: Grid, overrides: tuple[str, ...], args):
     from experiments.run import resolve_config
 
-    ns = argparse.Namespace(quick=args.quick, data=args.data, features=None, seed=args.seed, devices=None,
-                            set=list(args.set) + list(overrides))
+    ns = argparse.Namespace(quick=args.quick, data=args.data, features=getattr(args, "features", None), seed=args.seed,
+                            devices=None, set=list(args.set) + list(overrides))
     return resolve_config(exp, ns)
+
+
+def reference_config(ref, point_cfg, args):
+    """``ref``'s config with the shared ``--set`` keys it has, and the grid's data and eval settings (so its
+    row shares the split, relevance and protocols of the points)."""
+    from experiments.run import resolve_config
+
+    keys = {k for k, *_ in C.describe(ref.make_config())}
+    shared = [o for o in args.set if o.partition("=")[0].strip() in keys]
+    ns = argparse.Namespace(quick=args.quick, data=args.data, features=None, seed=args.seed, devices=None, set=shared)
+    cfg = resolve_config(ref, ns)
+    protocols = tuple(p for p in point_cfg.eval.protocols if p in ref.protocols)
+    return dataclasses.replace(cfg, data=dataclasses.replace(point_cfg.data, features=None),
+                               eval=dataclasses.replace(point_cfg.eval, protocols=protocols))
 
 
 def value_of(cfg, key: str):
@@ -82,9 +134,24 @@ def run_grid(grid: Grid, args, out: Path, progress=print) -> list[dict]:
         cfg = point_config(exp, grid, overrides, args)
         progress(f"== {args.grid}: {label} ({' '.join(overrides)})")
         final = run_experiment(exp, cfg, out / label, args.seeds, progress=progress)
-        rows.append({"label": label, "value": value_of(cfg, grid.key), "overrides": list(overrides), "final": final,
-                     "select": cfg.eval.select, "protocol": cfg.eval.protocols[0]})
+        value = value_of(cfg, grid.key)
+        rows.append({"label": label, "value": "+".join(value) if isinstance(value, tuple) else value,
+                     "overrides": list(overrides), "final": final, "select": cfg.eval.select,
+                     "protocol": cfg.eval.protocols[0]})
+    for name in grid.references:
+        ref_cfg = reference_config(EXPERIMENTS[name], cfg, args)
+        progress(f"== {args.grid}: reference {name}")
+        final = run_experiment(EXPERIMENTS[name], ref_cfg, out / f"ref-{name}", args.seeds, progress=progress)
+        rows.append({"label": name, "value": "(reference)", "overrides": [], "final": final,
+                     "select": ref_cfg.eval.select, "protocol": ref_cfg.eval.protocols[0]})
     return rows
+
+
+def _metric(final: dict, name: str, ci: bool = False) -> float:
+    """``PROTOCOL:METRIC`` (or METRIC of the row's first protocol) from a final.json."""
+    proto, _, metric = name.rpartition(":")
+    part = final.get("test_ci95", {}) if ci else final["test"]
+    return part.get(proto or final["_protocol"], {}).get(metric, 0.0 if ci else float("nan"))
 
 
 def write_tables(rows: list[dict], grid: Grid, metrics: list[str], out: Path) -> str:
@@ -94,11 +161,11 @@ def write_tables(rows: list[dict], grid: Grid, metrics: list[str], out: Path) ->
     header.append("wall_s")
     table = []
     for r in rows:
-        f, proto = r["final"], r["protocol"]
+        f, proto = {**r["final"], "_protocol": r["protocol"]}, r["protocol"]
         n = len(f.get("seeds", [None]))
         line = [r["label"], r["value"], n, f["val"][proto].get(r["select"], float("nan"))]
         for m in metrics:
-            line += [f["test"][proto].get(m, float("nan")), f.get("test_ci95", {}).get(proto, {}).get(m, 0.0)]
+            line += [_metric(f, m), _metric(f, m, ci=True)]
         line.append(round(f["wall_s"], 1))
         table.append(line)
     with open(out / "table.csv", "w", newline="") as fh:
@@ -128,8 +195,8 @@ def write_plot(rows: list[dict], grid: Grid, metrics: list[str], out: Path):
     fig, ax = plt.subplots(figsize=(6, 4))
     for m in metrics:
         proto = rows[0]["protocol"]
-        ys = [r["final"]["test"][proto].get(m, float("nan")) for r in rows]
-        err = [r["final"].get("test_ci95", {}).get(proto, {}).get(m, 0.0) for r in rows]
+        ys = [_metric({**r["final"], "_protocol": proto}, m) for r in rows]
+        err = [_metric({**r["final"], "_protocol": proto}, m, ci=True) for r in rows]
         ax.errorbar(x, ys, yerr=err, marker="o", capsize=3, label=f"test {m}")
     ax.set_xticks(x, [str(r["value"]) for r in rows])
     ax.set_xlabel(grid.key)
@@ -144,30 +211,37 @@ def main_args(argv):
     p = argparse.ArgumentParser(prog="ablate.py", description=__doc__.split("\n\n")[0])
     p.add_argument("--grid", required=True, help="grid name, or 'list'")
     p.add_argument("--data", help="prepared data directory (data.path)")
+    p.add_argument("--features", help="extracted item features directory (multimodal grids)")
+    p.add_argument("--exp", default="ddpg_multimodal", help="experiment of the multimodal grids (ddpg_multimodal or mf_multimodal)")
     p.add_argument("--out", help="output directory (default runs/ablate-GRID[-quick])")
     p.add_argument("--seed", type=int, help="first learner seed (default 0)")
     p.add_argument("--seeds", type=int, default=1, help="seeds per point (mean +- 95%% CI)")
     p.add_argument("--quick", action="store_true", help="each point with the experiment's --quick config")
     p.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE", help="overrides for every point")
-    p.add_argument("--metrics", default="hr@10,ndcg@10", help="test metrics of the table and plot")
+    p.add_argument("--metrics", default="hr@10,ndcg@10",
+                   help="test metrics of the table and plot: METRIC (the first protocol's) or PROTOCOL:METRIC")
     p.add_argument("--debug", action="store_true")
     args = p.parse_args(argv)
     if args.grid == "list":
         for name, g in GRIDS.items():
-            print(f"{name:<8} {g.exp}: {g.key} in {', '.join(str(v) for v in (o[0] for _, o in g.points))} ({g.description})")
+            print(f"{name:<10} {g.exp}: {g.key} in {', '.join(str(v) for v in (o[0] for _, o in g.points))} ({g.description})")
+        print("modalities ddpg_multimodal|mf_multimodal: every non-empty subset of the --features modalities")
+        print("fusion     ddpg_multimodal|mf_multimodal: early/late x concat/mean")
         return
-    if args.grid not in GRIDS:
-        raise ConfigError("--grid", f"unknown grid {args.grid!r}; known: {', '.join(GRIDS)} (or 'list')")
+    if args.grid not in (*GRIDS, "modalities", "fusion"):
+        raise ConfigError("--grid", f"unknown grid {args.grid!r}; known: {', '.join(GRIDS)}, modalities, fusion (or 'list')")
     if args.seeds < 1:
         raise ConfigError("--seeds", "must be >= 1")
-    grid = GRIDS[args.grid]
+    grid = multimodal_grid(args.grid, args.exp, args.features) if args.grid in ("modalities", "fusion") else GRIDS[args.grid]
     out = Path(args.out) if args.out else Path("runs") / f"ablate-{args.grid}{'-quick' if args.quick else ''}"
     out.mkdir(parents=True, exist_ok=True)
     metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
     rows = run_grid(grid, args, out)
-    missing = [m for m in metrics if m not in rows[0]["final"]["test"][rows[0]["protocol"]]]
+    first = {**rows[0]["final"], "_protocol": rows[0]["protocol"]}
+    missing = [m for m in metrics if math.isnan(_metric(first, m))]
     if missing:
-        raise ConfigError("--metrics", f"{missing} not among the runs' metrics {sorted(rows[0]['final']['test'][rows[0]['protocol']])}")
+        known = [f"{p}:{k}" for p, ms in first["test"].items() for k in ms]
+        raise ConfigError("--metrics", f"{missing} not among the runs' metrics {known}")
     text = write_tables(rows, grid, metrics, out)
     write_plot(rows, grid, metrics, out)
     (out / "grid.json").write_text(json.dumps({"grid": args.grid, "key": grid.key, "points": [

@@ -53,12 +53,12 @@ class DRRTrainer:
             raise ConfigError("eval.drr_n_state", f"{cfg.eval.drr_n_state} must equal model.agent.n_state "
                                                   f"{self.agent_cfg.n_state}: the drr state is the agent's state")
         threshold = cfg.model.embed.positive_threshold
-        self.embed_cfg = dataclasses.replace(
-            cfg.model.embed, positive_threshold=data.relevant_threshold if threshold is None else threshold)
+        self.embed_cfg = self.mf_config(dataclasses.replace(
+            cfg.model.embed, positive_threshold=data.relevant_threshold if threshold is None else threshold))
         train = train_view(data.inter, data.split)
         self.train_inter = train
         self.mf_data = mf.prepare_data(train.user, train.item, train.rating, data.inter.n_users,
-                                       data.inter.n_items, self.embed_cfg)
+                                       data.inter.n_items, self.embed_cfg, data.item_pool())
         self.fitted = np.asarray(self.mf_data.trained)
         self.sim_cfg = self.agent_cfg.sim_config(data.relevant_threshold)
         self.heldout = data.split.heldout_users
@@ -76,13 +76,22 @@ class DRRTrainer:
             mf_arrays = (np.asarray(params.user), np.asarray(params.item),
                          np.concatenate([np.asarray(params.user_bias), np.asarray(params.item_bias),
                                          [float(params.offset)]]).astype(np.float32))
-        sim = sim_lib.make_sim_data(self.train_inter, self.sim_cfg, self.agent_cfg.init_positives_only, mf_arrays)
+        sim = sim_lib.make_sim_data(self.train_inter, self.sim_cfg, self.agent_cfg.init_positives_only, mf_arrays,
+                                    blocked=self.data.split.cold_items)
         self._init, self._train, _ = ddpg.make_train(self.agent_cfg, sim, self.sim_cfg)
+
+    def mf_config(self, embed) -> MFConfig:
+        """The ``MFConfig`` of the fitted embeddings (fold-in and data preparation read it)."""
+        return embed
+
+    def fit_embeddings(self, key) -> mf.MFParams:
+        """User and item embeddings pretrained on the training part (the item tower DRR acts on)."""
+        return mf.fit_mf(key, self.train_inter.user, self.train_inter.item, self.train_inter.rating,
+                         self.data.inter.n_users, self.data.inter.n_items, self.embed_cfg, self.data.item_pool())
 
     def init(self, key):
         k_mf, k_agent = jax.random.split(key)
-        params = mf.fit_mf(k_mf, self.train_inter.user, self.train_inter.item, self.train_inter.rating,
-                           self.data.inter.n_users, self.data.inter.n_items, self.embed_cfg)
+        params = self.fit_embeddings(k_mf)
         self._build(params)
         emb = ddpg.Embeddings(user=params.user, item=params.item)
         return {"agent": self._init(k_agent, emb), "mf": params}
@@ -166,5 +175,5 @@ EXPERIMENT = Experiment(
     quick=("train.steps=300", "train.eval_every=150", "train.ckpt_every=150", "train.log_every=50",
            "model.embed.epochs=2", "model.agent.replay_capacity=2000", "model.agent.dim=16", "model.embed.dim=16",
            "model.agent.hidden=32"),
-    protocols=("drr", "full"),
+    protocols=("drr", "full", "cold_start"),
 )

@@ -36,7 +36,7 @@ from jaxrec import config as C
 from jaxrec.data.interactions import Interactions
 from jaxrec.data.splits import EvalView, Split, eval_view, make_split
 from jaxrec.errors import ConfigError, InputError
-from jaxrec.eval.protocols import ScoreFn, drr_protocol, full_ranking, state_rows
+from jaxrec.eval.protocols import ScoreFn, cold_start, drr_protocol, full_ranking, state_rows
 
 
 @dataclasses.dataclass
@@ -49,6 +49,12 @@ class Dataset:
     items: Any
     split: Split
     relevant_threshold: float
+
+    def item_pool(self) -> np.ndarray | None:
+        """Items that exist at training time (all but held-out cold-start items); None when all do."""
+        if not self.split.cold_items.size:
+            return None
+        return np.setdiff1d(np.arange(self.inter.n_items), self.split.cold_items).astype(np.int32)
 
 
 def load_dataset(cfg: C.Config) -> Dataset:
@@ -118,6 +124,10 @@ def evaluate(trainer: Trainer, state, data: Dataset, cfg: C.Config, part: str) -
             results[protocol], users[protocol] = drr_protocol(
                 trainer.score_fn(state, sv), data.inter, view, data.relevant_threshold, cfg.eval.drr_n_state,
                 data.split.heldout_users, cfg.eval.drr_ks, cfg.eval.drr_ideal, cfg.eval.batch_users)
+        elif protocol == "cold_start":
+            results[protocol], users[protocol] = cold_start(
+                trainer.score_fn(state, view), data.inter, view, data.relevant_threshold, data.split.cold_items,
+                cfg.eval.ks, cfg.eval.batch_users)
         else:
             raise ConfigError("eval.protocols", f"{type(trainer).__name__} has no evaluate_{protocol}")
     return results, users
@@ -147,8 +157,8 @@ class RunDir:
         self.final = self.path / "final.json"
         self.ckpt_dir = self.path / "checkpoints"
 
-    def start(self, cfg_dict: dict):
-        """Creates the directory or checks that an existing one holds the same config."""
+    def check(self, cfg_dict: dict):
+        """Refuses an existing directory that holds another config (touching nothing)."""
         cfg_path = self.path / "config.json"
         if cfg_path.exists():
             old = json.loads(cfg_path.read_text())
@@ -156,9 +166,13 @@ class RunDir:
                 diffs = _diff(old, cfg_dict)
                 raise InputError(cfg_path, f"this run directory holds a different config ({'; '.join(diffs[:5])}); "
                                            "pass another --run-dir or repeat the original command to resume")
-            return
-        self.path.mkdir(parents=True, exist_ok=True)
-        _write_json_atomic(cfg_path, cfg_dict)
+
+    def start(self, cfg_dict: dict):
+        """Creates the directory or checks that an existing one holds the same config."""
+        self.check(cfg_dict)
+        if not (self.path / "config.json").exists():
+            self.path.mkdir(parents=True, exist_ok=True)
+            _write_json_atomic(self.path / "config.json", cfg_dict)
 
     def log(self, record: dict):
         with open(self.metrics, "a") as f:
@@ -226,11 +240,14 @@ class Checkpoints:
 def run_single(exp: Experiment, cfg: C.Config, run_dir: Path, data: Dataset, progress: Callable[[str], None] = print) -> dict:
     """Trains and evaluates one seed in ``run_dir``; resumes from its last checkpoint if any."""
     rd = RunDir(run_dir)
-    rd.start(C.to_dict(cfg))
+    rd.check(C.to_dict(cfg))
     if rd.final.exists():
         progress(f"{run_dir}: already complete")
         return json.loads(rd.final.read_text())
+    # The trainer is built before anything is written: a setup error (missing features, a bad
+    # combination of settings) leaves no run directory behind to block the corrected command.
     trainer = exp.make_trainer(cfg, data)
+    rd.start(C.to_dict(cfg))
     state = trainer.init(jax.random.key(cfg.seed))
     tc = cfg.train
     ckpt = _ckpt_tree(state, _copy_tree(state), 0, 0.0, 0, -np.inf)
@@ -382,6 +399,9 @@ def run_experiment(exp: Experiment, cfg: C.Config, run_dir: Path, n_seeds: int =
     bad = [p for p in cfg.eval.protocols if p not in exp.protocols]
     if bad:
         raise ConfigError("eval.protocols", f"{bad} not available for {exp.name}; expected a subset of {exp.protocols}")
+    if "cold_start" in cfg.eval.protocols and cfg.data.split.cold_items <= 0:
+        raise ConfigError("eval.protocols", "the cold_start protocol needs items held out of training: "
+                                            "set data.split.cold_items (e.g. 0.2)")
     data = load_dataset(cfg)
     if n_seeds == 1:
         final = run_single(exp, cfg, run_dir, data, progress)

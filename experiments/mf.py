@@ -43,7 +43,7 @@ class MFTrainer:
         self.inter, self.split, self.relevant_threshold = data.inter, data.split, data.relevant_threshold
         train = train_view(data.inter, data.split)
         self.data = mf.prepare_data(train.user, train.item, train.rating, data.inter.n_users, data.inter.n_items,
-                                    self.model)
+                                    self.model, data.item_pool())
         self.trained = np.asarray(self.data.trained)
 
     def init(self, key):
@@ -126,5 +126,5 @@ EXPERIMENT = Experiment(
     make_trainer=make_trainer,
     quick=("model.dim=16", "model.epochs=3", "train.steps=3", "train.eval_every=1", "train.ckpt_every=1",
            "model.batch=256", "eval.batch_users=256"),
-    protocols=("full", "drr"),
+    protocols=("full", "drr", "cold_start"),
 )

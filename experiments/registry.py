@@ -1,7 +1,7 @@
 """Experiment registry: name -> ``Experiment`` (config factory, trainer factory, --quick overrides)."""
 from __future__ import annotations
 
-from experiments import ddpg, mf, popularity, sequential
+from experiments import ddpg, mf, multimodal, popularity, sequential
 from experiments.harness import Experiment
 
 EXPERIMENTS: dict[str, Experiment] = {}
@@ -20,8 +20,9 @@ register(Experiment(
     make_config=popularity.make_config,
     make_trainer=popularity.make_trainer,
     quick=("eval.batch_users=256",),
-    protocols=("full", "drr"),
+    protocols=("full", "drr", "cold_start"),
 ))
 register(mf.EXPERIMENT)
 register(ddpg.EXPERIMENT)
-for _exp in sequential.EXPERIMENTS: register(_exp)
+for _exp in (*multimodal.EXPERIMENTS, *sequential.EXPERIMENTS):
+    register(_exp)

@@ -36,8 +36,11 @@ class SplitConfig:
     heldout_visible: int = 10
     """users: earliest interactions of a held-out user shown to the model as input at evaluation."""
     seed: int = 0
-    """users: seed of the user permutation; fixed across training seeds, so --seeds varies only the
-    learner, not the data."""
+    """users: seed of the user permutation (and of the cold-start items); fixed across training seeds,
+    so --seeds varies only the learner, not the data."""
+    cold_items: float = 0.0
+    """Item cold start: this fraction of the items (seeded) is removed from training with all their
+    interactions; their held-out rows are the targets of the cold_start protocol. 0 = none."""
 
     def validate(self):
         if self.n_val < 1:
@@ -46,6 +49,8 @@ class SplitConfig:
             raise ConfigError("data.split", "n_test, min_train and heldout_visible must be >= 1")
         if len(self.fractions) != 3 or min(self.fractions) < 0 or abs(sum(self.fractions) - 1) > 1e-6:
             raise ConfigError("data.split.fractions", f"need three fractions >= 0 summing to 1, got {self.fractions}")
+        if not 0.0 <= self.cold_items < 1.0:
+            raise ConfigError("data.split.cold_items", f"must be in [0, 1), got {self.cold_items}")
         if self.scheme in ("users", "global_time") and self.fractions[1] <= 0:
             raise ConfigError("data.split.fractions", "the validation fraction must be > 0 (model selection)")
 
@@ -83,7 +88,8 @@ class TrainConfig:
 class EvalConfig:
     protocols: tuple[str, ...] = ("full",)
     """Evaluation protocols: full = rank every item not in the visible history; drr = the DRR seed's
-    one-step top-K from each user's state items (jaxrec.eval.protocols)."""
+    one-step top-K from each user's state items; cold_start = rank only the items held out of training
+    by data.split.cold_items (jaxrec.eval.protocols)."""
     ks: tuple[int, ...] = (5, 10, 20)
     """Cut-offs K for hr@K, precision@K, recall@K, ndcg@K."""
     select: str = "ndcg@10"
@@ -106,9 +112,9 @@ class EvalConfig:
             raise ConfigError("eval.select", f"{self.select!r} must be METRIC@K with K among the first protocol's cut-offs {ks}")
         if self.batch_users < 1 or self.drr_n_state < 1 or not self.drr_ks or min(self.drr_ks) < 1:
             raise ConfigError("eval", "batch_users, drr_n_state and drr_ks must be >= 1")
-        unknown = [p for p in self.protocols if p not in ("full", "drr")]
+        unknown = [p for p in self.protocols if p not in ("full", "drr", "cold_start")]
         if not self.protocols or unknown:
-            raise ConfigError("eval.protocols", f"{unknown or 'none'}: expected a non-empty subset of full, drr")
+            raise ConfigError("eval.protocols", f"{unknown or 'none'}: expected a non-empty subset of full, drr, cold_start")
 
 
 @dataclasses.dataclass
@@ -137,13 +143,17 @@ class Config:
 
 @functools.cache
 def field_docs(cls) -> dict[str, str]:
-    """Maps each field of dataclass ``cls`` to the string literal that follows it in the source."""
+    """Maps each field of dataclass ``cls`` to the string literal that follows it in the source (fields
+    inherited from dataclass bases keep their base's doc unless redefined)."""
+    docs = {}
+    for base in reversed(cls.__mro__[1:]):
+        if dataclasses.is_dataclass(base):
+            docs.update(field_docs(base))
     try:
         tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
     except (OSError, TypeError):
-        return {}
+        return docs
     body = tree.body[0].body
-    docs = {}
     for stmt, nxt in zip(body, body[1:]):
         if (isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name)
                 and isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant)

@@ -65,3 +65,33 @@ def test_unknown_grid_and_list(capsys):
     assert "lambda" in listing and "nsteps" in listing and "ssl" in listing
     assert [o for _, o in ablate.GRIDS["lambda"].points] == [("model.lam=0.0",), ("model.lam=0.5",), ("model.lam=0.8",),
                                                               ("model.lam=1.0",)]
+
+
+def test_multimodal_grids_cover_every_subset_and_carry_reference_rows(tmp_path, capsys):
+    from tests.helpers import planted_content, write_features
+
+    inter, feats, _ = planted_content(n_users=80, n_items=60, per_user=16)
+    data = write_prepared(inter, tmp_path / "data")
+    features = write_features(tmp_path / "feat", data, {**feats, "meta": (feats["noise"][0][:, :2], feats["noise"][1], "meta")})
+    grid = ablate.multimodal_grid("modalities", "ddpg_multimodal", str(features))
+    assert [label for label, _ in grid.points] == ["text", "noise", "meta", "text+noise", "text+meta", "noise+meta",
+                                                   "text+noise+meta"]
+    assert grid.points[3][1] == ("model.embed.modalities=text,noise",) and grid.references == ("ddpg_id", "popularity")
+    fusion = ablate.multimodal_grid("fusion", "mf_multimodal", None)
+    assert [o for _, o in fusion.points][-1] == ("model.fusion=late", "model.pool=mean")
+    out = tmp_path / "out"
+    args = ["--grid=fusion", "--exp", "mf_multimodal", "--data", str(data), "--features", str(features), "--out", str(out),
+            "--quick", "--set", "data.split.cold_items=0.25", "eval.protocols=full,cold_start", "eval.ks=5,10",
+            "--metrics", "ndcg@10,cold_start:ndcg@10"]
+    assert ablate.main(args) == 0
+    rows = list(csv.reader(open(out / "table.csv")))
+    assert [r[0] for r in rows[1:]] == ["early_concat", "early_mean", "late_concat", "late_mean", "mf", "popularity"]
+    # The reference rows ran on the grid's split and protocols, not on their own defaults.
+    ref = json.loads((out / "ref-popularity" / "config.json").read_text())
+    assert ref["data"]["split"]["scheme"] == "users" and ref["data"]["split"]["cold_items"] == 0.25
+    assert ref["eval"]["protocols"] == ["full", "cold_start"]
+    mf_final = json.loads((out / "ref-mf" / "final.json").read_text())
+    assert float(rows[5][6]) == pytest.approx(mf_final["test"]["cold_start"]["ndcg@10"])
+    assert (out / "plot.png").stat().st_size > 0
+    assert ablate.main(["--grid=modalities", "--exp", "ddpg_id"]) == 2
+    assert "runs on one of" in capsys.readouterr().err

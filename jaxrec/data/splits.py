@@ -12,6 +12,11 @@ Every split returns row indices into an ``Interactions`` (sorted, disjoint). Thr
   training, then validation up to the ``fractions[0] + fractions[1]`` quantile, then test. Needs real
   timestamps.
 
+Item cold start (``cold_items`` > 0, any scheme): a seeded fraction of the items is removed from
+training with ALL their training interactions (``Split.dropped``): they stand for items that arrive
+after the model is trained. Their validation/test rows stay, as targets of the ``cold_start`` protocol
+(``jaxrec.eval.protocols``), which ranks them among themselves.
+
 Leakage is guarded in code, not only in tests: ``Split`` refuses overlapping parts, and every consumer
 of training data goes through ``train_view``/``guard_train_rows``, which raise ``LeakageError`` if a
 validation or test row is about to reach training, replay or embedding pretraining.
@@ -39,6 +44,10 @@ class Split:
     test: np.ndarray
     heldout_users: bool
     """True when validation/test users have no training rows (scheme ``users``)."""
+    cold_items: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0, np.int32))
+    """Sorted item ids held out of training entirely (item cold start); empty by default."""
+    dropped: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0, np.int64))
+    """Rows of cold items removed from training (in no part; never trained on)."""
 
     def __post_init__(self):
         for name in ("train", "val", "test"):
@@ -65,6 +74,8 @@ def guard_train_rows(split: Split, rows: np.ndarray) -> np.ndarray:
     for name in ("val", "test"):
         if np.isin(rows, split.part(name)).any():
             raise LeakageError(f"{name} interactions were about to reach training")
+    if split.dropped.size and np.isin(rows, split.dropped).any():
+        raise LeakageError("interactions of held-out cold-start items were about to reach training")
     return rows
 
 
@@ -116,14 +127,37 @@ def global_time_split(inter: Interactions, fractions=(0.8, 0.1, 0.1)) -> Split:
 
 
 def make_split(inter: Interactions, cfg) -> Split:
-    """Dispatches on ``cfg.scheme`` (a ``jaxrec.config.SplitConfig``; ``cfg.seed`` seeds ``users``)."""
+    """Dispatches on ``cfg.scheme`` (a ``jaxrec.config.SplitConfig``; ``cfg.seed`` seeds ``users``), then
+    holds out ``cfg.cold_items`` of the items when it is > 0."""
     if cfg.scheme == "leave_last":
-        return leave_last_out(inter, cfg.n_val, cfg.n_test, cfg.min_train)
-    if cfg.scheme == "users":
-        return user_split(inter, cfg.fractions, cfg.seed)
-    if cfg.scheme == "global_time":
-        return global_time_split(inter, cfg.fractions)
-    raise ConfigError("data.split.scheme", f"unknown scheme {cfg.scheme!r}, expected one of {SCHEMES}")
+        split = leave_last_out(inter, cfg.n_val, cfg.n_test, cfg.min_train)
+    elif cfg.scheme == "users":
+        split = user_split(inter, cfg.fractions, cfg.seed)
+    elif cfg.scheme == "global_time":
+        split = global_time_split(inter, cfg.fractions)
+    else:
+        raise ConfigError("data.split.scheme", f"unknown scheme {cfg.scheme!r}, expected one of {SCHEMES}")
+    fraction = getattr(cfg, "cold_items", 0.0)
+    return hold_out_items(inter, split, fraction, cfg.seed) if fraction > 0 else split
+
+
+def hold_out_items(inter: Interactions, split: Split, fraction: float, seed: int = 0) -> Split:
+    """``split`` with a seeded ``fraction`` of the items (those with any interaction) removed from training.
+
+    The draw uses numpy's ``Generator`` on its own stream (``[seed, 1]``), so it does not move with the
+    user permutation or with JAX's PRNG implementation. Training rows of the chosen items are dropped;
+    their validation/test rows stay (the ``cold_start`` protocol's targets).
+    """
+    if not 0.0 < fraction < 1.0:
+        raise ConfigError("data.split.cold_items", f"must be in [0, 1), got {fraction}")
+    items = np.flatnonzero(np.bincount(inter.item, minlength=inter.n_items) > 0)
+    n_cold = int(round(fraction * len(items)))
+    if n_cold == 0:
+        raise ConfigError("data.split.cold_items", f"{fraction} of {len(items)} items rounds to none")
+    rng = np.random.default_rng([seed, 1])
+    cold = np.sort(rng.choice(items, size=n_cold, replace=False)).astype(np.int32)
+    is_cold = np.isin(inter.item[split.train], cold)
+    return dataclasses.replace(split, train=split.train[~is_cold], cold_items=cold, dropped=split.train[is_cold])
 
 
 @dataclasses.dataclass(frozen=True)

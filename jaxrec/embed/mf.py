@@ -174,8 +174,15 @@ class MFData:
     """[U + 1] bce: offsets of each user's positives in ``pos_gap``."""
     trained: jax.Array
     """[U] bool: users with at least one example (their row is fitted)."""
+    pool: jax.Array
+    """[K] ascending item ids negatives are drawn from (all items, or those the training part knows when
+    cold-start items are held out: an item that does not exist yet cannot be a negative)."""
+    in_pool: jax.Array
+    """[n_table] bool: ``pool`` as a mask; rows outside it get the pool's mean vector after each chunk."""
     n_items: int = struct.field(pytree_node=False)
-    """Size of the item id space (negatives are drawn from it)."""
+    """Size K of the sampling space (``len(pool)``)."""
+    n_table: int = struct.field(pytree_node=False)
+    """Rows of the item table (every dense item id of the data)."""
     search_iters: int = struct.field(pytree_node=False)
     """Binary-search iterations covering the longest positive list."""
     batch: int = struct.field(pytree_node=False)
@@ -184,18 +191,27 @@ class MFData:
     """N // batch: Adam steps per epoch."""
 
 
-def prepare_data(user, item, rating, n_users: int, n_items: int, cfg: MFConfig) -> MFData:
-    """Numpy training rows in, device arrays out. The caller passes training rows only."""
+def prepare_data(user, item, rating, n_users: int, n_items: int, cfg: MFConfig,
+                 pool: np.ndarray | None = None) -> MFData:
+    """Numpy training rows in, device arrays out. The caller passes training rows only.
+
+    ``pool``: the items that exist at training time (default all); negatives are drawn from it, and the
+    rows of items outside it hold the pool's mean vector (a new item's best guess is the average item).
+    """
     hp = _hyper(cfg)
     user, item = np.asarray(user, np.int32), np.asarray(item, np.int32)
     rating = np.asarray(rating, np.float32)
+    pool = np.arange(n_items, dtype=np.int32) if pool is None else np.unique(np.asarray(pool, np.int32))
     if hp.objective == "bce":
         keep = rating >= hp.positive_threshold
         user, item, rating = user[keep], item[keep], rating[keep]
     if len(user) == 0:
         raise ConfigError("MFConfig", f"no training examples for objective {hp.objective!r}")
+    if not np.isin(item, pool).all():
+        raise ValueError("training rows hold items outside the item pool")
     order = np.lexsort((item, user))
-    s_user, s_item = user[order], item[order]
+    # The complement sampler works in pool coordinates (rank of the item in the pool).
+    s_user, s_item = user[order], np.searchsorted(pool, item[order]).astype(np.int32)
     start = np.concatenate([[0], np.cumsum(np.bincount(s_user, minlength=n_users))]).astype(np.int32)
     rank = np.arange(len(s_user)) - start[s_user]
     counts = np.diff(start)
@@ -203,7 +219,8 @@ def prepare_data(user, item, rating, n_users: int, n_items: int, cfg: MFConfig) 
     return MFData(
         user=jnp.asarray(user), item=jnp.asarray(item), rating=jnp.asarray(rating),
         pos_gap=jnp.asarray((s_item - rank).astype(np.int32)), pos_start=jnp.asarray(start),
-        trained=jnp.asarray(counts > 0), n_items=n_items,
+        trained=jnp.asarray(counts > 0), pool=jnp.asarray(pool),
+        in_pool=jnp.asarray(np.isin(np.arange(n_items), pool)), n_items=len(pool), n_table=n_items,
         search_iters=max(1, math.ceil(math.log2(int(counts.max()) + 1))),
         batch=batch, steps_per_epoch=len(user) // batch,
     )
@@ -216,8 +233,8 @@ def init_params(key: jax.Array, data: MFData, n_users: int, cfg: MFConfig) -> MF
     offset = jnp.mean(data.rating) if hp.objective == "mse" else jnp.float32(0.0)
     params = MFParams(
         user=hp.init_scale * jax.random.normal(ku, (n_users, hp.dim)),
-        item=hp.init_scale * jax.random.normal(ki, (data.n_items, hp.dim)),
-        user_bias=jnp.zeros(n_users), item_bias=jnp.zeros(data.n_items),
+        item=hp.init_scale * jax.random.normal(ki, (data.n_table, hp.dim)),
+        user_bias=jnp.zeros(n_users), item_bias=jnp.zeros(data.n_table),
         scale=jnp.float32(1.0), offset=jnp.asarray(offset, jnp.float32),
         prior_mean=jnp.zeros(hp.dim + 1), prior_cov=jnp.eye(hp.dim + 1), noise_var=jnp.float32(1.0),
     )
@@ -227,6 +244,11 @@ def init_params(key: jax.Array, data: MFData, n_users: int, cfg: MFConfig) -> MF
 def make_optimizer(cfg: MFConfig) -> optax.GradientTransformation:
     """The optimiser whose state ``train_epochs`` carries (plain Adam, as the seed's Keras default)."""
     return optax.adam(cfg.lr)
+
+
+def with_prior(params: MFParams, data: MFData, objective: str) -> MFParams:
+    """Public name of ``_with_prior`` (models that build ``MFParams`` from other parts call it)."""
+    return _with_prior(params, data, objective)
 
 
 @functools.partial(jax.jit, static_argnames=("objective",))
@@ -241,7 +263,13 @@ def _with_prior(params: MFParams, data: MFData, objective: str) -> MFParams:
     # A ridge of 1e-6 of the average variance keeps S invertible (e.g. the bias block of bce is all zero).
     cov = cov + (1e-6 * jnp.trace(cov) / cov.shape[0] + 1e-12) * jnp.eye(cov.shape[0])
     noise_var = _mean_squared_residual(params, data) if objective == "mse" else jnp.float32(1.0)
+    # Items outside the pool (held-out cold-start items) never had an example: the average item.
+    p = data.in_pool.astype(jnp.float32)
+    item_mean = (p @ params.item) / jnp.maximum(p.sum(), 1.0)
+    bias_mean = (p @ params.item_bias) / jnp.maximum(p.sum(), 1.0)
     return params.replace(
+        item=jnp.where(data.in_pool[:, None], params.item, item_mean),
+        item_bias=jnp.where(data.in_pool, params.item_bias, bias_mean),
         user=jnp.where(data.trained[:, None], params.user, mean[:-1]),
         user_bias=jnp.where(data.trained, params.user_bias, mean[-1]),
         prior_mean=mean, prior_cov=cov, noise_var=noise_var,
@@ -302,7 +330,7 @@ def sample_negatives(key: jax.Array, data: MFData, users: jax.Array, n: int) -> 
         return jnp.where(active & go_right, mid + 1, lo), jnp.where(active & ~go_right, mid, hi)
 
     lo, _ = jax.lax.fori_loop(0, data.search_iters, halve, (lo, hi))
-    return jnp.minimum(r + (lo - first), data.n_items - 1)
+    return data.pool[jnp.minimum(r + (lo - first), data.n_items - 1)]
 
 
 def _example_loss(rows: dict, target: jax.Array, hp: _Hyper) -> jax.Array:
@@ -323,6 +351,12 @@ def _example_loss(rows: dict, target: jax.Array, hp: _Hyper) -> jax.Array:
         data_term = jnp.sum((target - z) ** 2, -1)
         reg = reg + rows["user_bias"] ** 2 + jnp.sum(rows["item_bias"] ** 2, -1)
     return jnp.mean(data_term + hp.l2 * reg)
+
+
+def example_loss(rows: dict, target: jax.Array, hp) -> jax.Array:
+    """Public name of ``_example_loss`` (``hp`` needs ``objective`` and ``l2``), for models that build
+    their item rows another way (``jaxrec.embed.multimodal``)."""
+    return _example_loss(rows, target, hp)
 
 
 def _loss_and_grads(params: MFParams, user: jax.Array, items: jax.Array, target: jax.Array, hp: _Hyper):
@@ -388,9 +422,10 @@ def train_epochs(params: MFParams, opt_state, key: jax.Array, first_epoch, n_epo
     return _train_epochs(params, opt_state, key, jnp.int32(first_epoch), jnp.int32(n_epochs), data, hp)
 
 
-def fit_mf(key: jax.Array, user, item, rating, n_users: int, n_items: int, cfg: MFConfig) -> MFParams:
-    """Fits eq. (2) or (3) on the given (training) rows for ``cfg.epochs`` epochs."""
-    data = prepare_data(user, item, rating, n_users, n_items, cfg)
+def fit_mf(key: jax.Array, user, item, rating, n_users: int, n_items: int, cfg: MFConfig,
+           pool: np.ndarray | None = None) -> MFParams:
+    """Fits eq. (2) or (3) on the given (training) rows for ``cfg.epochs`` epochs (``pool``: prepare_data)."""
+    data = prepare_data(user, item, rating, n_users, n_items, cfg, pool)
     k_init, k_train = jax.random.split(key)
     params = init_params(k_init, data, n_users, cfg)
     params, _, _ = train_epochs(params, make_optimizer(cfg).init(params), k_train, 0, cfg.epochs, data, cfg)

@@ -39,6 +39,7 @@ class SimData:
     mf_user: jax.Array  # [U, d'] user factors for MF-predicted rewards ([U, 0] when unused)
     mf_item: jax.Array  # [I, d'] item factors
     mf_bias: jax.Array  # [U + I + 1]: user biases, item biases, global mean (zeros when unused)
+    blocked: jax.Array  # [I] bool: items that do not exist at training time (held-out cold-start items)
 
 
 @struct.dataclass
@@ -69,10 +70,12 @@ class SimConfig:
 
 
 def make_sim_data(train: Interactions, cfg: SimConfig, init_positives_only: bool = False,
-                  mf: tuple | None = None) -> SimData:
+                  mf: tuple | None = None, blocked: np.ndarray | None = None) -> SimData:
     """Builds ``SimData`` from training interactions (vectorised numpy; no loop over users).
 
     ``mf`` = (user factors [U, d], item factors [I, d], biases [U + I + 1]) for MF-predicted rewards.
+    ``blocked`` = item ids that can never be recommended in training (items held out for cold start:
+    they do not exist yet, so recommending them must not even be penalised).
     """
     u, i, r = train.user, train.item, train.rating
     if train.n_users * train.n_items > 400_000_000:
@@ -94,9 +97,12 @@ def make_sim_data(train: Interactions, cfg: SimConfig, init_positives_only: bool
     if mf is None:
         mf = (np.zeros((train.n_users, 0), np.float32), np.zeros((train.n_items, 0), np.float32),
               np.zeros(train.n_users + train.n_items + 1, np.float32))
+    block = np.zeros(train.n_items, bool)
+    if blocked is not None:
+        block[np.asarray(blocked, np.int64)] = True
     return SimData(rating2=jnp.asarray(rating2), init_items=jnp.asarray(init), n_pos=jnp.asarray(n_pos),
                    available=jnp.asarray(available), mf_user=jnp.asarray(mf[0]), mf_item=jnp.asarray(mf[1]),
-                   mf_bias=jnp.asarray(mf[2]))
+                   mf_bias=jnp.asarray(mf[2]), blocked=jnp.asarray(block))
 
 
 def sample_user(sim: SimData, key: jax.Array) -> jax.Array:
@@ -107,7 +113,7 @@ def sample_user(sim: SimData, key: jax.Array) -> jax.Array:
 
 def reset(sim: SimData, cfg: SimConfig, user: jax.Array) -> EnvState:
     items = sim.init_items[user]
-    recommended = jnp.zeros(sim.rating2.shape[1], bool).at[items].set(True)
+    recommended = sim.blocked.at[items].set(True)
     return EnvState(user=jnp.asarray(user, jnp.int32), items=items, recommended=recommended,
                     n_recommended=jnp.int32(cfg.n_state), t=jnp.int32(0), done=jnp.bool_(False),
                     ep_return=jnp.float32(0.0))
@@ -155,7 +161,7 @@ def step(sim: SimData, cfg: SimConfig, state: EnvState, action: jax.Array, item_
     done = t >= cfg.horizon
     if cfg.done_at_positives:
         done |= n_rec >= sim.n_pos[state.user]
-    done |= n_rec + cfg.top_k > sim.rating2.shape[1]
+    done |= n_rec + cfg.top_k > sim.rating2.shape[1] - jnp.sum(sim.blocked)
     reward = jnp.sum(rewards)
     new_state = EnvState(user=state.user, items=new_items, recommended=recommended, n_recommended=n_rec, t=t,
                          done=done, ep_return=state.ep_return + reward)

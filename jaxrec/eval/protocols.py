@@ -13,6 +13,12 @@ ONE top-K recommendation from that state over every item except the ``n_state`` 
 candidate set: other visible items are NOT excluded, as in the seed). Relevant = the user's target
 items with rating >= the threshold. Reported: precision@K and NDCG@K with binary relevance and the true
 ideal DCG; ``ideal="k"`` reproduces the seed's variant whose ideal DCG assumes K relevant items.
+
+``cold_start`` (item cold start, ``data.split.cold_items``): the items held out of training are ranked
+among themselves: every warm item and the visible history are excluded, relevant = the user's target
+interactions on cold items with rating >= the threshold; users without such a target are left out. A
+model that knows nothing of an item but its id cannot do better than chance here (expected HR@K about
+K * #relevant / #cold items); item features can.
 """
 from __future__ import annotations
 
@@ -42,14 +48,19 @@ def rows_to_mask(batch_users: np.ndarray, row_user: np.ndarray, row_item: np.nda
 
 
 def full_ranking(score_fn: ScoreFn, inter: Interactions, view: EvalView, relevant_threshold: float,
-                 ks: tuple[int, ...], batch_users: int = 1024, ideal: str = "true") -> tuple[dict[str, float], int]:
+                 ks: tuple[int, ...], batch_users: int = 1024, ideal: str = "true",
+                 candidates: np.ndarray | None = None) -> tuple[dict[str, float], int]:
     """Mean metrics of the ``full`` protocol and the number of users they average over.
 
     ``ideal="k"`` rescales NDCG@K to the seed's variant: DCG / IDCG(K), i.e. as if K items were relevant.
+    ``candidates`` (bool [I], default all): only these items may be ranked, and only targets among them
+    count as relevant; ``score_fn`` still receives the visible-history mask as its context.
     """
     if ideal not in ("true", "k"):
         raise ValueError(f"ideal must be 'true' or 'k', got {ideal!r}")
     target = view.target[inter.rating[view.target] >= relevant_threshold]
+    if candidates is not None:
+        target = target[candidates[inter.item[target]]]
     users = np.unique(inter.user[target])
     ctx_user, ctx_item = inter.user[view.context], inter.item[view.context]
     tgt_user, tgt_item = inter.user[target], inter.item[target]
@@ -67,9 +78,10 @@ def full_ranking(score_fn: ScoreFn, inter: Interactions, view: EvalView, relevan
             context = np.concatenate([context, np.repeat(context[-1:], batch_users - n_real, 0)])
             relevant = np.concatenate([relevant, np.repeat(relevant[-1:], batch_users - n_real, 0)])
         scores = score_fn(padded, jnp.asarray(context))
-        per_user = topk_metrics(scores, jnp.asarray(relevant), jnp.asarray(context), ks)
+        exclude = context if candidates is None else context | ~candidates[None, :]
+        per_user = topk_metrics(scores, jnp.asarray(relevant), jnp.asarray(exclude), ks)
         if ideal == "k":
-            n_rel = (relevant & ~context).sum(1)
+            n_rel = (relevant & ~exclude).sum(1)
             for k in ks:
                 per_user[f"ndcg@{k}"] = per_user[f"ndcg@{k}"] * ideal_dcg(n_rel, k) / ideal_dcg(np.full_like(n_rel, k), k)
         for name, values in per_user.items():
@@ -105,3 +117,15 @@ def drr_protocol(score_fn: ScoreFn, inter: Interactions, view: EvalView, relevan
     sv = state_rows(inter, view, n_state, heldout_users)
     means, n_users = full_ranking(score_fn, inter, sv, relevant_threshold, ks, batch_users, ideal)
     return {k: v for k, v in means.items() if k.startswith(("precision@", "ndcg@"))}, n_users
+
+
+def cold_start(score_fn: ScoreFn, inter: Interactions, view: EvalView, relevant_threshold: float,
+               cold_items: np.ndarray, ks: tuple[int, ...], batch_users: int = 1024) -> tuple[dict[str, float], int]:
+    """The ``cold_start`` protocol (module docstring): rank the held-out items only."""
+    if len(cold_items) == 0:
+        raise ValueError("cold_start needs items held out of training (data.split.cold_items > 0)")
+    if max(ks) > len(cold_items):
+        raise ValueError(f"cut-off {max(ks)} exceeds the {len(cold_items)} cold-start items")
+    candidates = np.zeros(inter.n_items, bool)
+    candidates[cold_items] = True
+    return full_ranking(score_fn, inter, view, relevant_threshold, ks, batch_users, candidates=candidates)
