@@ -408,12 +408,15 @@ def run_experiment(exp: Experiment, cfg: C.Config, run_dir: Path, n_seeds: int =
         _release_compiled()
         return final
     rd = RunDir(run_dir)
-    rd.start({**C.to_dict(cfg), "seeds": n_seeds})
+    # Checked now, written once the seeds ran: a setup error leaves nothing that blocks the fixed command
+    # (each seed's own directory is checked and written the same way by run_single).
+    rd.check({**C.to_dict(cfg), "seeds": n_seeds})
     finals = []
     for s in range(cfg.seed, cfg.seed + n_seeds):
         progress(f"seed {s}")
         finals.append(run_single(exp, dataclasses.replace(cfg, seed=s), run_dir / f"seed{s}", data, progress))
         _release_compiled()
+    rd.start({**C.to_dict(cfg), "seeds": n_seeds})
     rd.truncate(0)
     for s in range(cfg.seed, cfg.seed + n_seeds):
         for line in (run_dir / f"seed{s}" / "metrics.jsonl").read_text().splitlines():

@@ -221,6 +221,8 @@ def test_multimodal_experiments_refuse_bad_setups(planted, tmp_path):
     _, features_dir, data_dir, _ = planted
     r = _cli(tmp_path, "--exp=ddpg_multimodal", "--quick", "--data", str(data_dir))
     assert r.returncode == 2 and r.stderr.startswith("error: --features") and r.stderr.count("\n") == 1
+    # A setup error writes nothing, so the corrected command is not refused as "a different config".
+    assert not (tmp_path / "r").exists()
     r = _cli(tmp_path, "--exp=ddpg_multimodal", "--quick", "--data", str(data_dir), "--features", str(features_dir),
              "--set", "model.embed.mm_dim=16")
     assert r.returncode == 2 and "model.agent.dim" in r.stderr
