@@ -126,7 +126,7 @@ def main_args(argv):
         "ours": round(med["ddpg_multimodal"]["wall"], 2), "baseline": round(med["ddpg_id"]["wall"], 2),
         "ratio": round(ratio, 3), "unit": "s", "device": device(),
         "ours_setting": f"ddpg_multimodal ({args.modalities}, dim 64+64), {steps} env steps, build+pretrain+train+val",
-        "baseline_setting": f"ddpg_id (dim 100), same steps, split and agent loop",
+        "baseline_setting": "ddpg_id (dim 100), same steps, split and agent loop",
         "stages_ours": {k: round(v, 2) for k, v in med["ddpg_multimodal"].items()},
         "stages_baseline": {k: round(v, 2) for k, v in med["ddpg_id"].items()},
         "repeats": repeats, "target": round(1 / 1.2, 3)}))

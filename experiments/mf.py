@@ -34,17 +34,21 @@ DRR_KS = (5, 10)
 class MFTrainer:
     def __init__(self, cfg: C.Config, data):
         if cfg.model.epochs != cfg.train.steps:
-            raise ConfigError("model.epochs", f"the mf experiment trains one epoch per step: model.epochs "
+            raise ConfigError("model.epochs", f"the {cfg.exp} experiment trains one epoch per step: model.epochs "
                                               f"({cfg.model.epochs}) and train.steps ({cfg.train.steps}) must be equal")
         self.cfg = cfg
         threshold = cfg.model.positive_threshold
         threshold = data.relevant_threshold if threshold is None else threshold
-        self.model = dataclasses.replace(cfg.model, positive_threshold=threshold)
+        self.model = self.resolve_model(dataclasses.replace(cfg.model, positive_threshold=threshold))
         self.inter, self.split, self.relevant_threshold = data.inter, data.split, data.relevant_threshold
         train = train_view(data.inter, data.split)
         self.data = mf.prepare_data(train.user, train.item, train.rating, data.inter.n_users, data.inter.n_items,
                                     self.model, data.item_pool())
         self.trained = np.asarray(self.data.trained)
+
+    def resolve_model(self, model) -> MFConfig:
+        """The ``MFConfig`` of the fitted parameters (data preparation and fold-in read it)."""
+        return model
 
     def init(self, key):
         k_init, k_train = jax.random.split(key)

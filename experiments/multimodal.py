@@ -21,13 +21,11 @@ import dataclasses
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from experiments import ddpg as ddpg_exp
 from experiments import mf as mf_exp
 from experiments.harness import Experiment
 from jaxrec import config as C
-from jaxrec.data.splits import train_view
 from jaxrec.embed import mf
 from jaxrec.embed import multimodal as mm
 from jaxrec.embed.multimodal import MMConfig
@@ -51,20 +49,10 @@ def load_item_features(cfg: C.Config, mm_cfg: MMConfig) -> mm.ItemFeatures:
 class MMTrainer(mf_exp.MFTrainer):
     """``mf`` with the multimodal embedding model: one harness step is one epoch of eq. (6)."""
 
-    def __init__(self, cfg: C.Config, data):
-        if cfg.model.epochs != cfg.train.steps:
-            raise ConfigError("model.epochs", f"the mf_multimodal experiment trains one epoch per step: model.epochs "
-                                              f"({cfg.model.epochs}) and train.steps ({cfg.train.steps}) must be equal")
-        self.cfg = cfg
-        threshold = cfg.model.positive_threshold
-        self.mm = dataclasses.replace(cfg.model, positive_threshold=data.relevant_threshold if threshold is None else threshold)
-        self.model = self.mm.mf_view()  # what MFTrainer's fold-in reads
-        self.inter, self.split, self.relevant_threshold = data.inter, data.split, data.relevant_threshold
-        train = train_view(data.inter, data.split)
-        self.data = mf.prepare_data(train.user, train.item, train.rating, data.inter.n_users, data.inter.n_items,
-                                    self.model, data.item_pool())
-        self.trained = np.asarray(self.data.trained)
-        self.features = load_item_features(cfg, self.mm)
+    def resolve_model(self, model: MMConfig) -> mf.MFConfig:
+        self.mm = model
+        self.features = load_item_features(self.cfg, model)
+        return model.mf_view()
 
     def init(self, key):
         k_init, k_train = jax.random.split(key)

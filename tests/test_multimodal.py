@@ -11,11 +11,11 @@ import pytest
 
 from helpers import REPO, make_interactions, planted_content, write_features, write_prepared
 from jaxrec import config as C
-from jaxrec.data.splits import guard_train_rows, hold_out_items, make_split, train_view
+from jaxrec.data.splits import guard_train_rows, make_split, train_view
 from jaxrec.embed import mf
 from jaxrec.embed import multimodal as mm
 from jaxrec.envs import simulator as sim_lib
-from jaxrec.errors import ConfigError, LeakageError
+from jaxrec.errors import LeakageError
 from jaxrec.eval.protocols import cold_start
 
 

@@ -378,36 +378,46 @@ def _loss_and_grads(params: MFParams, user: jax.Array, items: jax.Array, target:
                              for f in dataclasses.fields(MFParams)})
 
 
+def sample_batch(key: jax.Array, data: MFData, objective: str, n_negatives: int):
+    """(users [B], items [B, J], targets [B, J]) of one step: i.i.d. rows (uniform with replacement: an
+    unbiased gradient of the full objective, and no per-epoch permutation, whose sort of N rows costs more
+    than the epoch's steps on CPU); bce pairs each positive with ``n_negatives`` sampled negatives."""
+    k_rows, k_neg = jax.random.split(key)
+    rows = jax.random.randint(k_rows, (data.batch,), 0, data.user.shape[0])
+    user = data.user[rows]
+    if objective == "bce":
+        neg = sample_negatives(k_neg, data, user, n_negatives)
+        items = jnp.concatenate([data.item[rows][:, None], neg], axis=1)  # [B, 1 + n_neg]
+        return user, items, jnp.zeros(items.shape).at[:, 0].set(1.0)
+    return user, data.item[rows][:, None], data.rating[rows][:, None]
+
+
+def run_epochs(step, carry, first_epoch, n_epochs, steps_per_epoch: int):
+    """Epochs ``first_epoch ..`` of ``steps_per_epoch`` calls ``step(carry, global_step) -> (carry, loss)``
+    (one ``lax.scan`` per epoch inside a ``fori_loop``); returns (carry, mean loss)."""
+
+    def epoch(e, state):
+        carry, total = state
+        carry, losses = jax.lax.scan(step, carry, e * steps_per_epoch + jnp.arange(steps_per_epoch))
+        return carry, total + losses.sum()
+
+    carry, total = jax.lax.fori_loop(first_epoch, first_epoch + n_epochs, epoch, (carry, jnp.float32(0.0)))
+    return carry, total / jnp.maximum(n_epochs * steps_per_epoch, 1)
+
+
 @functools.partial(jax.jit, static_argnames=("hp",))
 def _train_epochs(params, opt_state, key, first_epoch, n_epochs, data: MFData, hp: _Hyper):
     opt = optax.adam(hp.lr)  # = make_optimizer
-    steps, batch, n_rows = data.steps_per_epoch, data.batch, data.user.shape[0]
 
     def step(carry, global_step):
         params, opt_state = carry
-        k_rows, k_neg = jax.random.split(jax.random.fold_in(key, global_step))
-        # I.i.d. minibatches (uniform with replacement): an unbiased gradient of the full objective, and
-        # no per-epoch permutation, whose sort of N rows costs more than the epoch's steps on CPU.
-        rows = jax.random.randint(k_rows, (batch,), 0, n_rows)
-        user = data.user[rows]
-        if hp.objective == "bce":
-            neg = sample_negatives(k_neg, data, user, hp.n_negatives)
-            items = jnp.concatenate([data.item[rows][:, None], neg], axis=1)  # [B, 1 + n_neg]
-            target = jnp.zeros(items.shape).at[:, 0].set(1.0)
-        else:
-            items, target = data.item[rows][:, None], data.rating[rows][:, None]
+        user, items, target = sample_batch(jax.random.fold_in(key, global_step), data, hp.objective, hp.n_negatives)
         loss, grads = _loss_and_grads(params, user, items, target, hp)
         updates, opt_state = opt.update(grads, opt_state, params)
         return (optax.apply_updates(params, updates), opt_state), loss
 
-    def epoch(e, carry):
-        params, opt_state, total = carry
-        (params, opt_state), losses = jax.lax.scan(step, (params, opt_state), e * steps + jnp.arange(steps))
-        return params, opt_state, total + losses.sum()
-
-    params, opt_state, total = jax.lax.fori_loop(
-        first_epoch, first_epoch + n_epochs, epoch, (params, opt_state, jnp.float32(0.0)))
-    return _with_prior(params, data, hp.objective), opt_state, total / jnp.maximum(n_epochs * steps, 1)
+    (params, opt_state), loss = run_epochs(step, (params, opt_state), first_epoch, n_epochs, data.steps_per_epoch)
+    return _with_prior(params, data, hp.objective), opt_state, loss
 
 
 def train_epochs(params: MFParams, opt_state, key: jax.Array, first_epoch, n_epochs, data: MFData,

@@ -204,31 +204,16 @@ def _loss_and_grads(params: MMParams, features: ItemFeatures, user, items, targe
 @functools.partial(jax.jit, static_argnames=("hp",))
 def _train_epochs(params, opt_state, key, first_epoch, n_epochs, data: mf.MFData, features: ItemFeatures, hp: _Hyper):
     opt = optax.adam(hp.lr)  # = make_optimizer
-    steps, batch, n_rows = data.steps_per_epoch, data.batch, data.user.shape[0]
 
     def step(carry, global_step):
         params, opt_state = carry
-        k_rows, k_neg = jax.random.split(jax.random.fold_in(key, global_step))
-        rows = jax.random.randint(k_rows, (batch,), 0, n_rows)  # i.i.d. minibatches, as mf
-        user = data.user[rows]
-        if hp.objective == "bce":
-            neg = mf.sample_negatives(k_neg, data, user, hp.n_negatives)
-            items = jnp.concatenate([data.item[rows][:, None], neg], axis=1)
-            target = jnp.zeros(items.shape).at[:, 0].set(1.0)
-        else:
-            items, target = data.item[rows][:, None], data.rating[rows][:, None]
+        user, items, target = mf.sample_batch(jax.random.fold_in(key, global_step), data, hp.objective, hp.n_negatives)
         loss, grads = _loss_and_grads(params, features, user, items, target, hp)
         updates, opt_state = opt.update(grads, opt_state, params)
         return (optax.apply_updates(params, updates), opt_state), loss
 
-    def epoch(e, carry):
-        params, opt_state, total = carry
-        (params, opt_state), losses = jax.lax.scan(step, (params, opt_state), e * steps + jnp.arange(steps))
-        return params, opt_state, total + losses.sum()
-
-    params, opt_state, total = jax.lax.fori_loop(
-        first_epoch, first_epoch + n_epochs, epoch, (params, opt_state, jnp.float32(0.0)))
-    return params, opt_state, total / jnp.maximum(n_epochs * steps, 1)
+    (params, opt_state), loss = mf.run_epochs(step, (params, opt_state), first_epoch, n_epochs, data.steps_per_epoch)
+    return params, opt_state, loss
 
 
 def train_epochs(params: MMParams, opt_state, key: jax.Array, first_epoch, n_epochs, data: mf.MFData,
