@@ -156,7 +156,7 @@ def _scores(actions, item):
 def make_config() -> C.Config:
     return C.Config(
         exp="ddpg_id",
-        data=C.DataConfig(split=C.SplitConfig(scheme="users", heldout_visible=10), relevant_threshold=4.0),
+        data=C.drr_family_data(),
         train=C.TrainConfig(steps=100_000, eval_every=10_000, ckpt_every=10_000, log_every=1_000),
         eval=C.EvalConfig(protocols=("drr", "full"), ks=(5, 10, 20), select="ndcg@10"),
         model=DRRConfig(),

@@ -333,15 +333,13 @@ def _short(results: dict) -> str:
 # Seeds
 
 
-T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262,
-        10: 2.228, 12: 2.179, 15: 2.131, 20: 2.086, 25: 2.060, 30: 2.042}
-
-
 def t975(dof: int) -> float:
-    """Two-sided 95% Student-t quantile (table; 1.96 beyond 30 degrees of freedom)."""
-    if dof > 30:
-        return 1.96
-    return T975[max(k for k in T975 if k <= dof)] if dof not in T975 else T975[dof]
+    """Two-sided 95% Student-t quantile for ``dof`` degrees of freedom (exact, for every dof)."""
+    from scipy.stats import t
+
+    if dof < 1:
+        raise ValueError(f"t975 needs at least 1 degree of freedom, got {dof}")
+    return float(t.ppf(0.975, dof))
 
 
 def aggregate_seeds(finals: list[dict]) -> dict:

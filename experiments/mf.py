@@ -7,7 +7,8 @@ has to beat. Fitting sees the training part only (``train_view``). One harness s
 
 Users the fit never saw (scheme ``users``, or bce users without a training positive) are folded in from
 their visible history (``EvalView.context``) with the item side frozen; ``drr`` folds every user in from
-its ``DRR_N_STATE`` state items only, since that protocol gives the agent nothing else.
+its ``eval.drr_n_state`` state items only, since that protocol gives the agent nothing else. Like every
+experiment, ``drr`` follows ``eval.drr_n_state``, ``eval.drr_ks`` and ``eval.drr_ideal``.
 """
 from __future__ import annotations
 
@@ -24,12 +25,6 @@ from jaxrec.embed import mf
 from jaxrec.embed.mf import MFConfig
 from jaxrec.errors import ConfigError
 from jaxrec.eval.protocols import drr_protocol, state_rows
-
-DRR_N_STATE = 10
-"""State items of the DRR protocol (the seed's state size, SEEDS_SPEC A3/A6)."""
-DRR_KS = (5, 10)
-"""Cut-offs the DRR seed reports (P@5, NDCG@5, P@10, NDCG@10)."""
-
 
 class MFTrainer:
     def __init__(self, cfg: C.Config, data):
@@ -93,11 +88,11 @@ class MFTrainer:
 
     def evaluate_drr(self, state, view: EvalView, part: str):
         del part
-        heldout = self.split.heldout_users
-        sv = state_rows(self.inter, view, DRR_N_STATE, heldout)
+        heldout, ev = self.split.heldout_users, self.cfg.eval
+        sv = state_rows(self.inter, view, ev.drr_n_state, heldout)
         params = self.folded_params(state["params"], sv.users, sv.context, refit_all=True)
         return drr_protocol(lambda users, context: mf.score(params, users), self.inter, view, self.relevant_threshold,
-                            DRR_N_STATE, heldout, ks=DRR_KS, batch_users=self.cfg.eval.batch_users)
+                            ev.drr_n_state, heldout, ev.drr_ks, ev.drr_ideal, ev.batch_users)
 
     def counters(self, state):
         return {"env_steps": 0, "updates": int(state["epoch"]) * self.data.steps_per_epoch}
@@ -111,7 +106,7 @@ def make_config() -> C.Config:
     model = MFConfig()
     return C.Config(
         exp="mf",
-        data=C.DataConfig(split=C.SplitConfig(scheme="users", heldout_visible=10), relevant_threshold=4.0),
+        data=C.drr_family_data(),
         train=C.TrainConfig(steps=model.epochs, eval_every=2, ckpt_every=2, log_every=1),
         eval=C.EvalConfig(protocols=("full", "drr"), ks=(5, 10, 20)),
         model=model,

@@ -1,7 +1,8 @@
 """``popularity``: recommend the items with the most training interactions to everyone.
 
 The non-personalised floor every learned recommender must beat, computed on the training part only
-and evaluated by exactly the same metric code as the RL agents.
+and evaluated by exactly the same metric code as the RL agents. Its defaults are the DRR family's
+(``jaxrec.config.drr_family_data``, protocols drr and full); ``popularity_seq`` is the sequential floor.
 """
 from __future__ import annotations
 
@@ -41,7 +42,10 @@ class PopularityTrainer:
 
 
 def make_config() -> C.Config:
-    return C.Config(exp="popularity", train=C.TrainConfig(steps=0), model=PopularityConfig())
+    # A floor baseline follows the split, relevance and protocols of the family it is the floor of (the DRR
+    # family here; ``popularity_seq`` is the sequential one), so its row and theirs compare by default.
+    return C.Config(exp="popularity", data=C.drr_family_data(), train=C.TrainConfig(steps=0),
+                    eval=C.EvalConfig(protocols=("drr", "full"), ks=(5, 10, 20)), model=PopularityConfig())
 
 
 def make_trainer(cfg, data):

@@ -68,6 +68,13 @@ class DataConfig:
     meta.json positive_threshold."""
 
 
+def drr_family_data() -> DataConfig:
+    """The DRR family's split and relevance (``mf``, ``ddpg_id``, the multimodal experiments and their
+    ``popularity`` floor): seeded held-out users 80/10/10, each showing its first 10 items, relevant =
+    rating >= 4 (the DRR seed's ML-1M setting). One definition, so rows of one table agree by default."""
+    return DataConfig(split=SplitConfig(scheme="users", heldout_visible=10), relevant_threshold=4.0)
+
+
 @dataclasses.dataclass
 class TrainConfig:
     steps: int = 0

@@ -55,3 +55,22 @@ def test_to_dict_round_trips_through_json():
     d = C.to_dict(C.Config(exp="x"))
     assert json.loads(json.dumps(d)) == d
     assert d["data"]["split"]["fractions"] == [0.8, 0.1, 0.1]
+
+
+def test_rows_of_one_family_share_split_relevance_and_protocols_by_default():
+    """A floor baseline's defaults are its family's: `--exp=popularity` and `--exp=ddpg_id` on the same data
+    used to differ in split and relevance (full NDCG@10 .019 against .359 on ML-1M)."""
+    from experiments.registry import EXPERIMENTS
+
+    families = {"drr": ("popularity", "mf", "ddpg_id", "mf_multimodal", "ddpg_multimodal"),
+                "sequential": ("popularity_seq", "sqn", "m3s_tdlambda", "sasrec", "gru4rec")}
+    for family, names in families.items():
+        cfgs = {n: EXPERIMENTS[n].make_config() for n in names}
+        ref = cfgs[names[1]]
+        for name, cfg in cfgs.items():
+            assert cfg.data == ref.data, (family, name)
+            assert set(cfg.eval.protocols) == set(ref.eval.protocols), (family, name)
+            assert (cfg.eval.ks, cfg.eval.drr_ks, cfg.eval.drr_n_state, cfg.eval.drr_ideal) == \
+                   (ref.eval.ks, ref.eval.drr_ks, ref.eval.drr_n_state, ref.eval.drr_ideal), (family, name)
+    assert EXPERIMENTS["popularity"].make_config().data.split.scheme == "users"
+    assert EXPERIMENTS["popularity"].make_config().data.relevant_threshold == 4.0

@@ -102,11 +102,27 @@ def test_drr_folds_in_from_the_state_items_only(inter, monkeypatch):
     assert set(metrics) == {"precision@5", "precision@10", "ndcg@5", "ndcg@10"} and n_users > 0
     # Every folded history is exactly the user's first 10 visible items (12 are visible).
     folded = np.concatenate([m.sum(1) for _, m in seen])
-    assert folded.max() == mf_exp.DRR_N_STATE and (folded[folded > 0] == mf_exp.DRR_N_STATE).all()
+    assert folded.max() == 10 and (folded[folded > 0] == 10).all()
     first_user = view.users[np.bincount(inter.user[view.context], minlength=inter.n_users)[view.users] >= 10][0]
     rows = view.context[inter.user[view.context] == first_user][:10]
     items, mask = seen[0]
     assert set(items[0][mask[0]]) == set(inter.item[rows])
+
+
+def test_drr_follows_the_eval_drr_keys(inter):
+    """``mf`` reads eval.drr_n_state / drr_ks / drr_ideal like every experiment (it used to hard-code them)."""
+    cfg, data, trainer = make(inter, "data.split.heldout_visible=12")
+    state, _ = trained_params(trainer, cfg)
+    view = eval_view(inter, data.split, "val", 12)
+    base, n_base = trainer.evaluate_drr(state, view, "val")
+    for override, check in (("eval.drr_ks=3,7", lambda m, n: set(m) == {"precision@3", "precision@7", "ndcg@3", "ndcg@7"}),
+                            ("eval.drr_n_state=5", lambda m, n: n == n_base and m != base),
+                            ("eval.drr_ideal=k", lambda m, n: n == n_base and m["precision@10"] == base["precision@10"]
+                             and m["ndcg@10"] != base["ndcg@10"])):
+        cfg2 = C.apply_overrides(cfg, [override])
+        trainer2 = mf_exp.make_trainer(cfg2, data)
+        metrics, n_users = trainer2.evaluate_drr(state, view, "val")
+        assert check(metrics, n_users), (override, metrics, base)
 
 
 def test_epochs_must_match_steps(inter, tmp_path, capsys, monkeypatch):

@@ -11,7 +11,8 @@ def popularity_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("rec")
     inter = synthetic_interactions(n_users=50, n_items=30)
     data = write_prepared(inter, root / "data")
-    assert run_main(["--exp=popularity", "--data", str(data), "--run-dir", str(root / "run")]) == 0
+    assert run_main(["--exp=popularity", "--data", str(data), "--run-dir", str(root / "run"),
+                     "--set", "data.split.scheme=leave_last"]) == 0
     return inter, root / "run"
 
 

@@ -45,7 +45,8 @@ def test_list(capsys):
 
 def test_popularity_end_to_end_hand_checked(data_dir, tmp_path, capsys):
     run_dir = tmp_path / "run"
-    rc, _, err = _run(["--exp=popularity", "--data", str(data_dir), "--run-dir", str(run_dir)], capsys)
+    rc, _, err = _run(["--exp=popularity", "--data", str(data_dir), "--run-dir", str(run_dir), "--set",
+                       "data.split.scheme=leave_last", "data.relevant_threshold=4", "eval.protocols=full"], capsys)
     assert rc == 0, err
     final = json.loads((run_dir / "final.json").read_text())
     check_contract("run", run_dir)
@@ -214,9 +215,11 @@ def test_aggregate_seeds_ci95_by_hand():
                "val": {"full": {"hr@1": v}}, "test": {"full": {"hr@1": v}}} for s, v in enumerate([0.1, 0.2, 0.3])]
     agg = aggregate_seeds(finals)
     assert agg["test"]["full"]["hr@1"] == pytest.approx(0.2)
-    # sd = 0.1, n = 3: half-width = t(0.975, 2) * 0.1 / sqrt(3) = 4.303 * 0.057735
-    assert agg["test_ci95"]["full"]["hr@1"] == pytest.approx(4.303 * 0.1 / np.sqrt(3))
-    assert t975(40) == 1.96 and t975(11) == 2.228
+    # sd = 0.1, n = 3: half-width = t(0.975, 2) * 0.1 / sqrt(3) = 4.302653 * 0.057735
+    assert agg["test_ci95"]["full"]["hr@1"] == pytest.approx(4.302653 * 0.1 / np.sqrt(3), rel=1e-6)
+    # Exact quantiles (published tables, 5 significant digits), including dof that no short table lists.
+    for dof, q in {1: 12.706, 2: 4.3027, 4: 2.7764, 11: 2.2010, 13: 2.1604, 39: 2.0227, 1000: 1.9623}.items():
+        assert t975(dof) == pytest.approx(q, abs=6e-4), dof
 
 
 def test_cli_subprocess_prints_no_traceback(tmp_path):
