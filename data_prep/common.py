@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from jaxrec.data.interactions import Interactions
-from jaxrec.errors import InputError
+from jaxrec.errors import DivergedError, InputError
 
 FORMAT_VERSION = 1
 
@@ -39,7 +39,8 @@ class ArgParser(argparse.ArgumentParser):
 
 
 def cli_main(fn, argv=None, debug: bool | None = None) -> int:
-    """Runs ``fn(argv)``; an ``InputError`` becomes ``error: ...`` on stderr and exit status 2."""
+    """Runs ``fn(argv)``; an ``InputError`` becomes ``error: ...`` on stderr and exit status 2, a
+    ``DivergedError`` (non-finite loss or parameter during training) the same line and exit status 3."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if debug is None:
         debug = "--debug" in argv
@@ -51,6 +52,11 @@ def cli_main(fn, argv=None, debug: bool | None = None) -> int:
             raise
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except DivergedError as e:
+        if debug:
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        return 3
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -10,11 +10,15 @@ Loop and resume order (written down because resuming must give the same ``final.
      existed when it was taken.
   3. On restart the latest checkpoint is restored into a freshly initialised target pytree (orbax
      restores into a target), ``metrics.jsonl`` is truncated to ``n_lines`` so the lines re-logged
-     after it are not duplicated, and the loop continues from ``step``. Trainers derive every random
+     after it are not duplicated, and the loop continues from ``step``. A latest checkpoint that cannot
+     be read is moved aside with a warning and the one before it is used. Trainers derive every random
      draw from keys in the state (``fold_in(key, step)``), so chunks after a restart replay exactly.
   4. Chunks end at every multiple of ``log_every``, ``eval_every`` and ``ckpt_every``; at an eval point
      validation picks the best state; at a checkpoint point the checkpoint is saved; the last step is
      all three. The test part is evaluated once, on the best state, after training.
+  5. After every chunk, before anything of it is logged or saved, a NaN/inf loss or a NaN in the state
+     stops the run (``DivergedError``: one line naming the step and the quantity, exit status 3); the
+     checkpoints already saved stay as they were.
 """
 from __future__ import annotations
 
@@ -24,6 +28,8 @@ import gc
 import json
 import math
 import os
+import shutil
+import sys
 import time
 from pathlib import Path
 from typing import Any, Callable, Protocol
@@ -35,7 +41,7 @@ from data_prep.common import load_prepared
 from jaxrec import config as C
 from jaxrec.data.interactions import Interactions
 from jaxrec.data.splits import EvalView, Split, eval_view, make_split
-from jaxrec.errors import ConfigError, InputError
+from jaxrec.errors import ConfigError, DivergedError, InputError
 from jaxrec.eval.protocols import ScoreFn, cold_start, drr_protocol, full_ranking, state_rows
 
 
@@ -217,6 +223,7 @@ class Checkpoints:
         import orbax.checkpoint as ocp
 
         self._ocp = ocp
+        self.directory = Path(directory)
         self.manager = ocp.CheckpointManager(directory.resolve(), options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep))
 
     def latest(self) -> int | None:
@@ -228,6 +235,25 @@ class Checkpoints:
 
     def restore(self, step: int, target):
         return self.manager.restore(step, args=self._ocp.args.StandardRestore(target))
+
+    def restore_latest(self, target, warn: Callable[[str], None]):
+        """(tree, step) of the newest checkpoint that restores into ``target``; (None, None) if none exist.
+
+        A checkpoint that cannot be read (corrupted, truncated, half-written by a killed process) is moved
+        aside to ``checkpoints.unreadable/STEP``, never deleted, with a warning, and the previous one is
+        tried: a crash during a save costs one checkpoint period, not the run."""
+        for step in sorted(self.manager.all_steps(), reverse=True):
+            try:
+                return self.restore(step, target), step
+            except Exception as e:  # orbax raises many types (ValueError, OSError, tensorstore errors)
+                aside = self.directory.parent / f"{self.directory.name}.unreadable" / str(step)
+                aside.parent.mkdir(exist_ok=True)
+                shutil.rmtree(aside, ignore_errors=True)
+                os.replace(self.directory / str(step), aside)
+                self.manager.reload()
+                warn(f"warning: checkpoint {step} cannot be read ({type(e).__name__}: {str(e).splitlines()[0][:160]}); "
+                     f"moved to {aside}, falling back to the previous one")
+        return None, None
 
     def close(self):
         self.manager.close()
@@ -253,9 +279,9 @@ def run_single(exp: Experiment, cfg: C.Config, run_dir: Path, data: Dataset, pro
     ckpt = _ckpt_tree(state, _copy_tree(state), 0, 0.0, 0, -np.inf)
     manager = Checkpoints(rd.ckpt_dir)
     try:
-        latest = manager.latest()
+        restored, latest = manager.restore_latest(ckpt, lambda msg: print(msg, file=sys.stderr))
         if latest is not None:
-            ckpt = manager.restore(latest, ckpt)
+            ckpt = restored
             rd.truncate(int(ckpt["n_lines"]))
             progress(f"{run_dir}: resuming from step {int(ckpt['step'])}")
         else:
@@ -284,6 +310,11 @@ def run_single(exp: Experiment, cfg: C.Config, run_dir: Path, data: Dataset, pro
                     tc.ckpt_every - step % tc.ckpt_every, tc.steps - step)
             state, logs = trainer.train(state, n)
             step += n
+            bad = nonfinite(logs, state)
+            if bad:
+                # Nothing of the diverged chunk is logged or saved: the run directory ends at the last good
+                # checkpoint (the metrics past it are trimmed on resume, as after any interruption).
+                raise DivergedError(run_dir, step, bad, manager.latest())
             last = step == tc.steps
             if step % tc.log_every == 0 or last:
                 rd.log({"step": step, "wall_s": wall(), **{k: float(v) for k, v in logs.items()}, **trainer.counters(state)})
@@ -312,6 +343,31 @@ def run_single(exp: Experiment, cfg: C.Config, run_dir: Path, data: Dataset, pro
     write_plots(rd)
     progress(f"test {_short(test)}")
     return final
+
+
+@jax.jit
+def _nan_free(leaves):
+    return [~jax.numpy.isnan(x).any() for x in leaves]
+
+
+def nonfinite(logs: dict, state) -> str | None:
+    """What diverged in a training chunk: a logged loss that is NaN/inf (``name=value``), else the path of
+    the first floating-point leaf of ``state`` holding a NaN; None when neither. Parameters are checked for
+    NaN, not inf, because +inf is a legitimate state value (the replay table's minimum over an empty row);
+    an overflowing parameter turns the losses or itself NaN within a chunk. One jitted reduction per chunk
+    (``log_every`` steps), so the guard costs nothing measurable."""
+    for name, value in logs.items():
+        if not math.isfinite(float(value)):
+            return f"{name}={float(value)}"
+    flat = jax.tree_util.tree_flatten_with_path(state)[0]
+    floats = [(p, x) for p, x in flat if hasattr(x, "dtype") and jax.numpy.issubdtype(x.dtype, jax.numpy.inexact)]
+    if not floats:
+        return None
+    ok = jax.device_get(_nan_free([x for _, x in floats]))
+    for (path, _), fine in zip(floats, ok):
+        if not fine:
+            return f"state{jax.tree_util.keystr(path)}"
+    return None
 
 
 def _copy_tree(tree):

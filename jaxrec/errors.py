@@ -27,5 +27,20 @@ class ConfigError(InputError):
     """A bad ``--set`` key or value, or an invalid config combination."""
 
 
+class DivergedError(Exception):
+    """Training produced a non-finite loss or parameter; entry points print one line and exit with status 3.
+
+    ``where`` is the run directory, ``quantity`` what went non-finite (a logged loss or a state leaf's path),
+    ``last_good`` the step of the checkpoint that is kept (None: none was saved yet).
+    """
+
+    def __init__(self, where: str, step: int, quantity: str, last_good: int | None):
+        self.where, self.step, self.quantity, self.last_good = str(where), step, quantity, last_good
+        kept = (f"the last good checkpoint (step {last_good}) is kept" if last_good is not None
+                else "no checkpoint had been saved yet")
+        super().__init__(f"{self.where}: training diverged at step {step}: {quantity} is not finite; {kept}. "
+                         "Lower the learning rates or clip gradients, then use a new --run-dir")
+
+
 class LeakageError(AssertionError):
     """A held-out (validation or test) interaction was about to reach training."""

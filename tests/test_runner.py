@@ -118,6 +118,8 @@ class Interrupt(Exception):
 
 class ToyTrainer:
     crash_after: int | None = None
+    poison_after: int | None = None  # a chunk ending past this step returns a NaN in `poison`
+    poison: str = "w"
 
     def __init__(self, cfg, data):
         train = train_view(data.inter, data.split)
@@ -130,7 +132,13 @@ class ToyTrainer:
     def train(self, state, n_steps):
         if self.crash_after is not None and int(state["step"]) >= self.crash_after:
             raise Interrupt
-        return _toy_chunk(state, self.counts, n_steps)
+        state, logs = _toy_chunk(state, self.counts, n_steps)
+        if self.poison_after is not None and int(state["step"]) > self.poison_after:
+            if self.poison == "loss":
+                logs = {"loss": float("inf")}
+            else:
+                state = {**state, "w": state["w"].at[3].set(jnp.nan)}
+        return state, logs
 
     def score_fn(self, state, view):
         return lambda users, context: broadcast_scores(state["w"], context)
@@ -163,7 +171,8 @@ def toy_experiment(monkeypatch):
     exp = Experiment("toy", "test-only trainer", make_config, lambda cfg, data: ToyTrainer(cfg, data))
     monkeypatch.setitem(registry.EXPERIMENTS, "toy", exp)
     yield exp
-    ToyTrainer.crash_after = None
+    ToyTrainer.crash_after = ToyTrainer.poison_after = None
+    ToyTrainer.poison = "w"
 
 
 def _final_without_wall(run_dir):
@@ -199,6 +208,65 @@ def test_resume_after_interruption_gives_the_same_final(toy_experiment, data_dir
     # A third run of the same command is a no-op that keeps the result.
     assert _run(args + ["--run-dir", str(resumed)], capsys)[0] == 0
     assert _final_without_wall(resumed) == _final_without_wall(straight)
+
+
+@pytest.mark.parametrize("poison,quantity", [("w", "state['w']"), ("loss", "loss=inf")])
+def test_divergence_stops_with_one_line_exit_3_and_keeps_the_last_good_checkpoint(
+        toy_experiment, data_dir, tmp_path, capsys, poison, quantity):
+    args = ["--exp=toy", "--data", str(data_dir)]
+    straight = tmp_path / "straight"
+    assert _run(args + ["--run-dir", str(straight)], capsys)[0] == 0
+    run_dir = tmp_path / "run"
+    ToyTrainer.poison_after, ToyTrainer.poison = 25, poison  # the chunk ending at step 30 diverges
+    rc, _, err = _run(args + ["--run-dir", str(run_dir)], capsys)
+    assert rc == 3
+    assert err.count("\n") == 1 and err.startswith(f"error: {run_dir}: training diverged at step 30: {quantity} ")
+    assert "the last good checkpoint (step 20) is kept" in err
+    assert not (run_dir / "final.json").exists()
+    assert sorted(int(p.name) for p in (run_dir / "checkpoints").iterdir() if p.name.isdigit()) == [10, 20]
+    assert max(json.loads(x)["step"] for x in (run_dir / "metrics.jsonl").read_text().splitlines()) == 25
+    # Nothing good was lost: once the cause is removed, the same command resumes from step 20 and ends
+    # exactly where an undisturbed run ends.
+    ToyTrainer.poison_after = None
+    rc, out, err = _run(args + ["--run-dir", str(run_dir)], capsys)
+    assert rc == 0 and "resuming from step 20" in out, err
+    assert _final_without_wall(run_dir) == _final_without_wall(straight)
+
+
+@pytest.mark.parametrize("exp,override", [("mf", "model.lr=1e30"), ("ddpg_id", "model.agent.critic_lr=1e30"),
+                                          ("sqn", "model.lr=1e30")])
+def test_real_diverging_configs_exit_3_without_traceback(data_dir, tmp_path, exp, override):
+    res = subprocess.run([sys.executable, "experiments/run.py", f"--exp={exp}", "--quick", "--data", str(data_dir),
+                          "--run-dir", str(tmp_path / "run"), "--set", override, "train.log_every=50"],
+                         capture_output=True, text=True, cwd=REPO)
+    assert res.returncode == 3, res.stderr[-2000:]
+    assert res.stderr.startswith("error: ") and res.stderr.count("\n") == 1 and "training diverged at step" in res.stderr
+    assert "Traceback" not in res.stderr
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncated", "all"])
+def test_unreadable_latest_checkpoint_falls_back_to_the_previous_one(toy_experiment, data_dir, tmp_path, capsys, damage):
+    args = ["--exp=toy", "--data", str(data_dir)]
+    straight = tmp_path / "straight"
+    assert _run(args + ["--run-dir", str(straight)], capsys)[0] == 0
+    run_dir = tmp_path / "run"
+    ToyTrainer.crash_after = 25  # checkpoints at steps 10 and 20 exist when it dies
+    with pytest.raises(Interrupt):
+        main(args + ["--run-dir", str(run_dir)])
+    ToyTrainer.crash_after = None
+    steps = ["10", "20"] if damage == "all" else ["20"]
+    for step in steps:
+        for f in (run_dir / "checkpoints" / step).rglob("*"):
+            if f.is_file():
+                f.write_bytes(b"not a checkpoint" if damage != "truncated" else f.read_bytes()[: len(f.read_bytes()) // 3])
+    rc, out, err = _run(args + ["--run-dir", str(run_dir)], capsys)
+    assert rc == 0, err
+    for step in steps:
+        assert f"warning: checkpoint {step} cannot be read" in err
+        assert (run_dir / "checkpoints.unreadable" / step).is_dir()  # moved aside, not deleted
+    assert ("resuming from step 10" in out) == (damage != "all")
+    assert _final_without_wall(run_dir) == _final_without_wall(straight)
+    assert _metric_lines_without_wall(run_dir) == _metric_lines_without_wall(straight)
 
 
 def test_seeds_reproduce_and_differ(toy_experiment, data_dir, tmp_path, capsys):
