@@ -2,7 +2,7 @@
 ``gru4rec`` and ``popularity_seq``.
 
 All five are trained on the training part only (``train_view``) and scored by the same next-item
-protocol, reported under the protocol name ``full`` (full-catalogue ranking):
+protocol, reported under the protocol name ``next_item`` (full-catalogue ranking of each next item):
 
 * one query per held-out target interaction (``model.eval_targets=relevant``: only those whose
   rating/reward reaches ``data.relevant_threshold``; the default ``all`` is the seed's and SQN's): the
@@ -14,15 +14,15 @@ protocol, reported under the protocol name ``full`` (full-catalogue ranking):
   queries, as the seed (SEEDS_SPEC B5, with its x0 masking and test-set selection fixed) and the SQN
   papers do. Model selection uses the validation part only.
 
-This differs from the harness's generic ``full`` protocol (one query per user, every later interaction
-relevant), so ``popularity_seq`` gives the popularity floor under this protocol; ``popularity``'s
+It is not the harness's ``full`` protocol (one query per user, every later interaction relevant), hence
+its own name; ``popularity_seq`` gives the popularity floor under this protocol, and ``popularity``'s
 numbers are not comparable with these. ``drr`` (the harness's one-step top-K from each user's state
 items) works through ``score_fn``.
 
 Events sources, click vs purchase (as the SQN papers report): on data with event types every run also
 reports its final validation and test metrics per target group, clicks (non-purchase event types) and
 purchases (``model.purchase_events``), under ``by_event`` in ``final.json``; ``model.eval_events=click|purchase``
-makes ``full`` itself (and so model selection) score one group only.
+makes ``next_item`` itself (and so model selection) score one group only.
 """
 from __future__ import annotations
 
@@ -43,7 +43,7 @@ from jaxrec.errors import ConfigError
 from jaxrec.eval.metrics import topk_metrics
 from jaxrec.rl.sqn import SQNConfig, make_scorer, make_train, samples_count
 
-PROTOCOLS = ("full", "drr")
+PROTOCOLS = ("next_item", "drr")
 
 
 @dataclasses.dataclass
@@ -57,7 +57,7 @@ class NextItemEval:
     purchase_events: tuple[str, ...] = ("transaction",)
     """Events sources: event types counted as purchases (the rest are clicks)."""
     events: str = "all"
-    """Targets the full protocol scores: all, click or purchase (events sources)."""
+    """Targets the next_item protocol scores: all, click or purchase (events sources)."""
     targets: str = "all"
     """Queries: every held-out interaction, or only the relevant ones (rating >= the relevance threshold)."""
 
@@ -266,7 +266,7 @@ class SequentialTrainer:
     def _evaluate(self, state, view, part, group=None):
         return self.evaluator.evaluate(lambda w: self._score(state.params, w), view, part, group)
 
-    def evaluate_full(self, state, view, part):
+    def evaluate_next_item(self, state, view, part):
         return self._evaluate(state, view, part)
 
     def evaluate_groups(self, state, view, part):
@@ -287,7 +287,7 @@ class PopularitySeqConfig:
     purchase_events: tuple[str, ...] = ("transaction",)
     """Events sources: event types counted as purchases (the rest are clicks)."""
     eval_events: Literal["all", "click", "purchase"] = "all"
-    """Targets the full protocol scores: all, click or purchase (events sources)."""
+    """Targets the next_item protocol scores: all, click or purchase (events sources)."""
     eval_targets: Literal["all", "relevant"] = "all"
     """Every held-out interaction is a next-item query, or only those reaching data.relevant_threshold."""
 
@@ -306,7 +306,7 @@ class PopularitySeqTrainer(PopularityTrainer):
         return self.evaluator.evaluate(lambda w: jnp.broadcast_to(item_scores, (w.shape[0], item_scores.shape[0])),
                                        view, part, group)
 
-    def evaluate_full(self, state, view, part):
+    def evaluate_next_item(self, state, view, part):
         return self._evaluate(state, view, part)
 
     def evaluate_groups(self, state, view, part):
@@ -327,7 +327,7 @@ def _base(exp: str, model, steps: int, eval_every: int) -> C.Config:
     return C.Config(
         exp=exp, model=model, data=C.DataConfig(split=C.SplitConfig(scheme="users")),
         train=C.TrainConfig(steps=steps, eval_every=eval_every, ckpt_every=eval_every, log_every=100),
-        eval=C.EvalConfig(ks=(5, 10, 20, 40), select="ndcg@10", batch_users=512),
+        eval=C.EvalConfig(protocols=("next_item",), ks=(5, 10, 20, 40), select="ndcg@10", batch_users=512),
     )
 
 
@@ -371,13 +371,13 @@ QUICK = ("train.steps=12", "train.eval_every=6", "train.ckpt_every=6", "train.lo
 
 EXPERIMENTS = [
     Experiment("m3s_tdlambda", "sequential transformer: CE + multi-step self-supervision + double-Q TD(lambda) "
-               "over n steps with negatives (M3S seed, corrected); next-item full ranking",
+               "over n steps with negatives (M3S seed, corrected); next_item protocol",
                m3s_config, SequentialTrainer, quick=QUICK, protocols=PROTOCOLS),
-    Experiment("sqn", "SQN (Xin et al. 2020): same encoder, CE + one-step double Q-learning; next-item full ranking",
+    Experiment("sqn", "SQN (Xin et al. 2020): same encoder, CE + one-step double Q-learning; next_item protocol",
                sqn_config, SequentialTrainer, quick=QUICK, protocols=PROTOCOLS),
-    Experiment("sasrec", "same transformer encoder, supervised cross-entropy only; next-item full ranking",
+    Experiment("sasrec", "same transformer encoder, supervised cross-entropy only; next_item protocol",
                sasrec_config, SequentialTrainer, quick=QUICK, protocols=PROTOCOLS),
-    Experiment("gru4rec", "GRU over the last items, supervised cross-entropy only; next-item full ranking",
+    Experiment("gru4rec", "GRU over the last items, supervised cross-entropy only; next_item protocol",
                gru4rec_config, SequentialTrainer, quick=QUICK, protocols=PROTOCOLS),
     Experiment("popularity_seq", "most-popular training items under the sequential next-item protocol "
                "(the floor of the rows above)", popularity_seq_config, PopularitySeqTrainer,

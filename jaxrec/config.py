@@ -96,7 +96,8 @@ class EvalConfig:
     protocols: tuple[str, ...] = ("full",)
     """Evaluation protocols: full = rank every item not in the visible history; drr = the DRR seed's
     one-step top-K from each user's state items; cold_start = rank only the items held out of training
-    by data.split.cold_items (jaxrec.eval.protocols)."""
+    by data.split.cold_items (jaxrec.eval.protocols); next_item = the sequential experiments' protocol,
+    one query per held-out interaction ranked from the items before it (experiments/sequential.py)."""
     ks: tuple[int, ...] = (5, 10, 20)
     """Cut-offs K for hr@K, precision@K, recall@K, ndcg@K."""
     select: str = "ndcg@10"
@@ -119,9 +120,9 @@ class EvalConfig:
             raise ConfigError("eval.select", f"{self.select!r} must be METRIC@K with K among the first protocol's cut-offs {ks}")
         if self.batch_users < 1 or self.drr_n_state < 1 or not self.drr_ks or min(self.drr_ks) < 1:
             raise ConfigError("eval", "batch_users, drr_n_state and drr_ks must be >= 1")
-        unknown = [p for p in self.protocols if p not in ("full", "drr", "cold_start")]
+        unknown = [p for p in self.protocols if p not in ("full", "drr", "cold_start", "next_item")]
         if not self.protocols or unknown:
-            raise ConfigError("eval.protocols", f"{unknown or 'none'}: expected a non-empty subset of full, drr, cold_start")
+            raise ConfigError("eval.protocols", f"{unknown or 'none'}: expected a non-empty subset of full, drr, cold_start, next_item")
 
 
 @dataclasses.dataclass

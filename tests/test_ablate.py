@@ -46,7 +46,7 @@ def test_grid_runs_tables_plot_seeds_ci_and_rerun_reuses_points(data_dir, tmp_pa
     assert rows[0][:4] == ["label", "model.exclude_seen", "seeds", "val ndcg@10"]
     assert [r[0] for r in rows[1:]] == ["seen", "all"]
     final = json.loads((out / "seen" / "final.json").read_text())
-    assert float(rows[1][4]) == pytest.approx(final["test"]["full"]["hr@10"])
+    assert float(rows[1][4]) == pytest.approx(final["test"]["next_item"]["hr@10"])
     assert rows[1][2] == "2" and float(rows[1][5]) == 0.0  # popularity: no spread over learner seeds
     assert (out / "plot.png").stat().st_size > 0 and "| seen | True | 2 |" in (out / "table.md").read_text()
     # Excluding seen items can only help a fixed ranking.

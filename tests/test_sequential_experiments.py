@@ -43,14 +43,14 @@ class Interrupt(Exception):
 
 
 def test_m3s_quick_end_to_end_and_exact_resume(data_dir, tmp_path, monkeypatch, capsys):
-    args = ["--exp=m3s_tdlambda", "--quick", "--data", str(data_dir), *USERS, "eval.protocols=full,drr"]
+    args = ["--exp=m3s_tdlambda", "--quick", "--data", str(data_dir), *USERS, "eval.protocols=next_item,drr"]
     straight = tmp_path / "straight"
     assert main(args + ["--run-dir", str(straight)]) == 0
     check_contract(straight)
     f = final(straight)
     assert f["updates"] == 12 and f["samples"] > 0 and f["split"] == "users"
-    assert set(f["test"]) == {"full", "drr"} and set(f["test"]["full"]) >= {"hr@5", "ndcg@40"}
-    assert all(0.0 <= v <= 1.0 for v in f["test"]["full"].values())
+    assert set(f["test"]) == {"next_item", "drr"} and set(f["test"]["next_item"]) >= {"hr@5", "ndcg@40"}
+    assert all(0.0 <= v <= 1.0 for v in f["test"]["next_item"].values())
     assert (straight / "plots" / "metrics.png").stat().st_size > 0
 
     resumed = tmp_path / "resumed"
@@ -83,7 +83,7 @@ def test_quick_runs_of_the_other_agents(exp, data_dir, tmp_path):
     check_contract(run_dir)
     f = final(run_dir)
     assert f["exp"] == exp and f["updates"] == 12 and f["samples"] > 0
-    assert all(0.0 <= v <= 1.0 for v in f["test"]["full"].values())
+    assert all(0.0 <= v <= 1.0 for v in f["test"]["next_item"].values())
     lines = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
     losses = [x["loss_sup"] for x in lines if "loss_sup" in x]
     assert len(losses) == 4 and all(np.isfinite(losses))
@@ -127,7 +127,7 @@ def test_popularity_seq_matches_a_hand_computed_next_item_hr(data_dir, tmp_path)
     f = final(run_dir)
     assert "by_event" not in f  # no event types in this data
     for k, hr in _popularity_hits_by_hand(data_dir).items():
-        assert f["test"]["full"][f"hr@{k}"] == pytest.approx(hr)
+        assert f["test"]["next_item"][f"hr@{k}"] == pytest.approx(hr)
 
 
 def test_every_held_out_interaction_is_a_query_unless_relevant_only_is_asked(tmp_path):
@@ -141,7 +141,7 @@ def test_every_held_out_interaction_is_a_query_unless_relevant_only_is_asked(tmp
                      f"model.eval_targets={targets}"]) == 0
         f = final(run_dir)
         for k, hr in _popularity_hits_by_hand(data, min_rating=min_rating).items():
-            assert f["test"]["full"][f"hr@{k}"] == pytest.approx(hr)
+            assert f["test"]["next_item"][f"hr@{k}"] == pytest.approx(hr)
     assert _popularity_hits_by_hand(data) != _popularity_hits_by_hand(data, min_rating=4.0)
 
 
@@ -165,10 +165,10 @@ def test_event_data_reports_click_and_purchase_targets_apart(tmp_path):
             assert f["by_event"]["test"][group][f"hr@{k}"] == pytest.approx(hr)
             assert f["seeds"][0]["by_event"]["test"][group][f"hr@{k}"] == pytest.approx(hr)
     for k, hr in _popularity_hits_by_hand(data).items():
-        assert f["test"]["full"][f"hr@{k}"] == pytest.approx(hr)
+        assert f["test"]["next_item"][f"hr@{k}"] == pytest.approx(hr)
     from experiments.report import table
 
-    text = table([("pop", {**f, "wall_s": 1.0})], "full", ["hr@5", "click:hr@5", "purchase:hr@5"])
+    text = table([("pop", {**f, "wall_s": 1.0})], "next_item", ["hr@5", "click:hr@5", "purchase:hr@5"])
     assert f"{f['by_event']['test']['purchase']['hr@5']:.4f}" in text
 
 
