@@ -22,7 +22,7 @@ import numpy as np
 
 from experiments.harness import Experiment
 from jaxrec import config as C
-from jaxrec.data.splits import EvalView, train_view
+from jaxrec.data.splits import EvalView, guard_model_input, guard_training_input, train_view
 from jaxrec.embed import mf
 from jaxrec.embed.mf import MFConfig
 from jaxrec.envs import simulator as sim_lib
@@ -55,7 +55,7 @@ class DRRTrainer:
         threshold = cfg.model.embed.positive_threshold
         self.embed_cfg = self.mf_config(dataclasses.replace(
             cfg.model.embed, positive_threshold=data.relevant_threshold if threshold is None else threshold))
-        train = train_view(data.inter, data.split)
+        train = guard_training_input(data.split, train_view(data.inter, data.split), "MF fitting")
         self.train_inter = train
         self.mf_data = mf.prepare_data(train.user, train.item, train.rating, data.inter.n_users,
                                        data.inter.n_items, self.embed_cfg, data.item_pool())
@@ -76,7 +76,9 @@ class DRRTrainer:
             mf_arrays = (np.asarray(params.user), np.asarray(params.item),
                          np.concatenate([np.asarray(params.user_bias), np.asarray(params.item_bias),
                                          [float(params.offset)]]).astype(np.float32))
-        sim = sim_lib.make_sim_data(self.train_inter, self.sim_cfg, self.agent_cfg.init_positives_only, mf_arrays,
+        # The simulator's logged ratings are all the agent (and so its replay) ever sees of users.
+        train = guard_training_input(self.data.split, self.train_inter, "simulator")
+        sim = sim_lib.make_sim_data(train, self.sim_cfg, self.agent_cfg.init_positives_only, mf_arrays,
                                     blocked=self.data.split.cold_items)
         self._init, self._train, _ = ddpg.make_train(self.agent_cfg, sim, self.sim_cfg)
 
@@ -86,7 +88,8 @@ class DRRTrainer:
 
     def fit_embeddings(self, key) -> mf.MFParams:
         """User and item embeddings pretrained on the training part (the item tower DRR acts on)."""
-        return mf.fit_mf(key, self.train_inter.user, self.train_inter.item, self.train_inter.rating,
+        train = guard_training_input(self.data.split, self.train_inter, "MF fitting")
+        return mf.fit_mf(key, train.user, train.item, train.rating,
                          self.data.inter.n_users, self.data.inter.n_items, self.embed_cfg, self.data.item_pool())
 
     def init(self, key):
@@ -113,7 +116,7 @@ class DRRTrainer:
         their first ones for ``drr``); a shorter history is left-padded with its earliest item.
         """
         inter, n = self.data.inter, self.agent_cfg.n_state
-        ctx, users = view.context, view.users
+        ctx, users = guard_model_input(view, view.context, "state and fold-in"), view.users
         cu = inter.user[ctx]
         first = np.searchsorted(cu, cu)
         count = np.bincount(cu, minlength=inter.n_users)

@@ -20,7 +20,7 @@ import numpy as np
 
 from experiments.harness import Experiment
 from jaxrec import config as C
-from jaxrec.data.splits import EvalView, train_view
+from jaxrec.data.splits import EvalView, guard_model_input, guard_training_input, train_view
 from jaxrec.embed import mf
 from jaxrec.embed.mf import MFConfig
 from jaxrec.errors import ConfigError
@@ -36,7 +36,7 @@ class MFTrainer:
         threshold = data.relevant_threshold if threshold is None else threshold
         self.model = self.resolve_model(dataclasses.replace(cfg.model, positive_threshold=threshold))
         self.inter, self.split, self.relevant_threshold = data.inter, data.split, data.relevant_threshold
-        train = train_view(data.inter, data.split)
+        train = guard_training_input(data.split, train_view(data.inter, data.split), "MF fitting")
         self.data = mf.prepare_data(train.user, train.item, train.rating, data.inter.n_users, data.inter.n_items,
                                     self.model, data.item_pool())
         self.trained = np.asarray(self.data.trained)
@@ -83,14 +83,16 @@ class MFTrainer:
         return params.replace(user=params.user.at[users].set(vecs), user_bias=params.user_bias.at[users].set(biases))
 
     def score_fn(self, state, view: EvalView):
-        params = self.folded_params(state["params"], view.users, view.context, refit_all=False)
+        rows = guard_model_input(view, view.context, "fold-in")
+        params = self.folded_params(state["params"], view.users, rows, refit_all=False)
         return lambda users, context: mf.score(params, users)
 
     def evaluate_drr(self, state, view: EvalView, part: str):
         del part
         heldout, ev = self.split.heldout_users, self.cfg.eval
         sv = state_rows(self.inter, view, ev.drr_n_state, heldout)
-        params = self.folded_params(state["params"], sv.users, sv.context, refit_all=True)
+        rows = guard_model_input(view, sv.context, "fold-in")
+        params = self.folded_params(state["params"], sv.users, rows, refit_all=True)
         return drr_protocol(lambda users, context: mf.score(params, users), self.inter, view, self.relevant_threshold,
                             ev.drr_n_state, heldout, ev.drr_ks, ev.drr_ideal, ev.batch_users)
 

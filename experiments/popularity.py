@@ -12,7 +12,7 @@ import jax.numpy as jnp
 
 from jaxrec import config as C
 from jaxrec.baselines import broadcast_scores, popularity_scores
-from jaxrec.data.splits import train_view
+from jaxrec.data.splits import guard_training_input, train_view
 
 
 @dataclasses.dataclass
@@ -23,7 +23,7 @@ class PopularityConfig:
 
 class PopularityTrainer:
     def __init__(self, cfg: C.Config, data):
-        self.train_inter = train_view(data.inter, data.split)
+        self.train_inter = guard_training_input(data.split, train_view(data.inter, data.split), "popularity counts")
         self.min_rating = data.relevant_threshold if cfg.model.positives_only else None
 
     def init(self, key):

@@ -38,7 +38,7 @@ from experiments.harness import Experiment, release_freed_memory
 from experiments.popularity import PopularityTrainer
 from jaxrec import config as C
 from jaxrec.data.sequences import NextItemQueries, next_item_queries, seen_mask, sequence_chunks, target_seen
-from jaxrec.data.splits import EvalView, train_view
+from jaxrec.data.splits import EvalView, guard_model_input, guard_training_input, train_view
 from jaxrec.errors import ConfigError
 from jaxrec.eval.metrics import topk_metrics
 from jaxrec.rl.sqn import SQNConfig, make_scorer, make_train, samples_count
@@ -214,8 +214,8 @@ class SequentialTrainer:
         if cfg.devices != 1:
             raise ConfigError("--devices", "the sequential experiments run on one device")
         self.cfg, self.inter = m, data.inter
-        # Training windows come only from the training rows (train_view is the one door to them).
-        train = train_view(data.inter, data.split)
+        # Training windows come only from the training rows (checked on what reaches the windows).
+        train = guard_training_input(data.split, train_view(data.inter, data.split), "sequence windows")
         chunks = sequence_chunks(train, m.window, m.lookahead, m.chunk, m.min_history)
         self.n_train_samples = chunks.n_samples
         if self.n_train_samples == 0:
@@ -255,7 +255,8 @@ class SequentialTrainer:
 
     def score_fn(self, state, view: EvalView):
         """Next-item scores from each user's last visible items (the harness's per-user protocols)."""
-        windows = last_windows(self.inter, view.context, view.users, self.cfg.window)
+        windows = last_windows(self.inter, guard_model_input(view, view.context, "state windows"), view.users,
+                               self.cfg.window)
 
         def score(users, context):
             pos = np.searchsorted(view.users, np.asarray(users))

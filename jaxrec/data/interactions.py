@@ -27,6 +27,9 @@ class Interactions:
       event_types: names of the event codes.
       order_is_time: whether ``order`` holds real timestamps (comparable across users) rather than a
         per-user chronological rank.
+      source_rows: int64 [N], each row's index in the prepared data set this one was taken from (``take``
+        composes them); None = this is the whole prepared data set. The leakage guards
+        (``jaxrec.data.splits``) read it to know which logged interactions reach a model.
     """
 
     user: np.ndarray
@@ -38,6 +41,7 @@ class Interactions:
     event: np.ndarray | None = None
     event_types: tuple[str, ...] = ()
     order_is_time: bool = True
+    source_rows: np.ndarray | None = None
 
     def __post_init__(self):
         n = len(self.user)
@@ -65,7 +69,12 @@ class Interactions:
             self,
             user=self.user[rows], item=self.item[rows], rating=self.rating[rows], order=self.order[rows],
             event=None if self.event is None else self.event[rows],
+            source_rows=self.sources()[rows],
         )
+
+    def sources(self) -> np.ndarray:
+        """Each row's index in the whole prepared data set (``source_rows``, or 0..N-1 for the whole set)."""
+        return np.arange(len(self), dtype=np.int64) if self.source_rows is None else self.source_rows
 
     @property
     def user_start(self) -> np.ndarray:

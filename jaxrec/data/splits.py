@@ -17,9 +17,13 @@ training with ALL their training interactions (``Split.dropped``): they stand fo
 after the model is trained. Their validation/test rows stay, as targets of the ``cold_start`` protocol
 (``jaxrec.eval.protocols``), which ranks them among themselves.
 
-Leakage is guarded in code, not only in tests: ``Split`` refuses overlapping parts, and every consumer
-of training data goes through ``train_view``/``guard_train_rows``, which raise ``LeakageError`` if a
-validation or test row is about to reach training, replay or embedding pretraining.
+Leakage is guarded in code, not only in tests, at the boundary where data reaches a model rather than
+where a split is computed: ``Split`` refuses overlapping parts; every fitting consumer (embedding
+pretraining, the simulator and its replay, sequence windows, popularity counts) passes the exact
+``Interactions`` it fits on through ``guard_training_input``, which reads their provenance
+(``Interactions.source_rows``) and raises ``LeakageError`` if any validation or test row (or a row of a
+held-out cold item) is in it; every model input at evaluation (fold-in histories, states) passes
+through ``guard_model_input``, which raises if it holds a row the evaluation scores.
 """
 from __future__ import annotations
 
@@ -76,6 +80,32 @@ def guard_train_rows(split: Split, rows: np.ndarray) -> np.ndarray:
             raise LeakageError(f"{name} interactions were about to reach training")
     if split.dropped.size and np.isin(rows, split.dropped).any():
         raise LeakageError("interactions of held-out cold-start items were about to reach training")
+    return rows
+
+
+def guard_training_input(split: Split, inter: Interactions, consumer: str) -> Interactions:
+    """Returns ``inter`` after checking that none of its rows (by provenance) is held out.
+
+    ``consumer`` names the place (``"MF fitting"``, ``"simulator"``, ...) for the error message. The
+    whole prepared data set (no provenance) always holds the validation and test rows, so it is refused.
+    """
+    rows = inter.sources()
+    for name in ("val", "test"):
+        n = np.isin(rows, split.part(name)).sum()
+        if n:
+            raise LeakageError(f"{consumer}: {n} {name} interactions were about to reach training")
+    if split.dropped.size and np.isin(rows, split.dropped).any():
+        raise LeakageError(f"{consumer}: interactions of held-out cold-start items were about to reach training")
+    return inter
+
+
+def guard_model_input(view: "EvalView", rows: np.ndarray, consumer: str) -> np.ndarray:
+    """Returns ``rows`` (row indices fed to a model at evaluation) after checking that none of them is a
+    target of ``view``: a model may see a user's visible history, never what it is scored on."""
+    rows = np.asarray(rows)
+    n = np.isin(rows, view.target).sum()
+    if n:
+        raise LeakageError(f"{consumer}: {n} evaluation targets were about to be given to the model as input")
     return rows
 
 
