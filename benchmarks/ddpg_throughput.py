@@ -45,7 +45,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import sys
 import time
@@ -60,9 +59,13 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from benchmarks.baselines import ddpg_torch  # noqa: E402
+from jaxrec.cli import ArgParser, cli_main  # noqa: E402
+from jaxrec.data.splits import train_view, user_split  # noqa: E402
 from jaxrec.envs import simulator as sim_lib  # noqa: E402
+from jaxrec.errors import InputError  # noqa: E402
 from jaxrec.rl import ddpg  # noqa: E402
-from benchmarks.common import device, load_note  # noqa: E402
+from benchmarks.common import device, load_note, non_negative, positive  # noqa: E402
+from jaxrec.data.prepared import load_prepared  # noqa: E402
 
 DIM = 100
 THRESHOLD = 4.0
@@ -144,8 +147,9 @@ def pick_torch_threads(base: Baseline, seconds: float) -> tuple[int, dict]:
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    """The flags, checked (InputError naming the flag or file) before anything is built or timed."""
+    p = ArgParser(prog="ddpg_throughput.py", description=__doc__.split("\n\n")[0],
+                  formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="shorter chunks and 3 repeats")
     p.add_argument("--repeats", type=int, help="timed repeats of each of ours / baseline per setting (default 7; --quick: 3)")
     p.add_argument("--settings", default="1,64,256", help="comma-separated n_envs values (default 1,64,256)")
@@ -155,22 +159,35 @@ def parse_args(argv=None):
     p.add_argument("--min-baseline-s", type=float, default=1.0, help="least wall time of one baseline repeat")
     p.add_argument("--data", default=str(REPO / "data" / "ml-1m"))
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
     args = p.parse_args(argv)
-    args.repeats = args.repeats or (3 if args.quick else 7)
-    args.settings = [int(s) for s in args.settings.split(",")]
+    args.repeats = positive("--repeats", args.repeats) or (3 if args.quick else 7)
+    try:
+        args.settings = [int(s) for s in args.settings.split(",")]
+    except ValueError:
+        raise InputError("--settings", f"{args.settings!r}, expected comma-separated positive integers") from None
+    if any(n < 1 for n in args.settings):
+        raise InputError("--settings", f"{args.settings}, expected positive numbers of users")
     args.baselines = [s for s in args.baselines.split(",") if s]
     if not args.baselines or any(s not in ddpg_torch.STYLES for s in args.baselines):
-        p.error(f"--baselines must be a comma-separated list of {ddpg_torch.STYLES}")
-    if args.repeats < 1 or any(n < 1 for n in args.settings):
-        p.error("--repeats and --settings must be positive")
+        raise InputError("--baselines", f"{','.join(args.baselines)!r}, expected a comma-separated list of {ddpg_torch.STYLES}")
+    non_negative("--min-baseline-s", args.min_baseline_s)
+    non_negative("--seed", args.seed)
     return args
 
 
-def main(argv=None) -> int:
+def load_train(data_dir):
+    """The training part of the benchmark's split (users 80/10/10, seed 0), as ``ddpg_torch.load_ml1m_train``
+    reads it, with a missing or unreadable data directory an InputError naming the file."""
+    inter, _, _ = load_prepared(data_dir)
+    return train_view(inter, user_split(inter, (0.8, 0.1, 0.1), 0))
+
+
+def main_args(argv) -> None:
     args = parse_args(argv)
+    train = load_train(args.data)  # before anything is built: bad data is reported at once
     dev = device()
     print(f"device: {dev}; jax {jax.__version__} ({jax.default_backend()}), torch {torch.__version__}", flush=True)
-    train = ddpg_torch.load_ml1m_train(args.data)
     rng = np.random.default_rng(args.seed)
     user_emb = (0.1 * rng.standard_normal((train.n_users, DIM))).astype(np.float32)
     item_emb = (0.1 * rng.standard_normal((train.n_items, DIM))).astype(np.float32)
@@ -246,7 +263,10 @@ def main(argv=None) -> int:
         })
         print(line, flush=True)
         del ours
-    return 0
+
+
+def main(argv=None) -> int:
+    return cli_main(main_args, argv)
 
 
 if __name__ == "__main__":

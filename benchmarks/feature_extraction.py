@@ -45,7 +45,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks.common import device, load_note  # noqa: E402
+from benchmarks.common import device, load_note, non_negative, positive, work_parent  # noqa: E402
+from jaxrec.cli import ArgParser, cli_main  # noqa: E402
 
 EXTRACT = REPO / "data_prep" / "extract_features.py"
 TARGET_RATIO = 0.9
@@ -178,7 +179,9 @@ def run_child(cmd: list[str], log: Path) -> tuple[float, float]:
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    """The flags, checked (InputError naming the flag) before anything is built or run."""
+    p = ArgParser(prog="feature_extraction.py", description=__doc__.split("\n\n")[0],
+                  formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="48 short items, 1 repeat (a smoke test)")
     p.add_argument("--items", type=int, help="synthetic items (default 512; --quick 48)")
     p.add_argument("--batch-size", type=int, default=32)
@@ -186,21 +189,22 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--workdir", help="directory for the temp files (default: the system temp dir)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--measure", help=argparse.SUPPRESS)  # internal: the measuring subprocess's work dir
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
     args = p.parse_args(argv)
-    args.items = args.items or (48 if args.quick else 512)
-    args.repeats = args.repeats or (1 if args.quick else 3)
-    if args.items < 1 or args.repeats < 1 or args.batch_size < 1:
-        p.error("--items, --repeats and --batch-size must be positive")
+    args.items = positive("--items", args.items) or (48 if args.quick else 512)
+    args.repeats = positive("--repeats", args.repeats) or (1 if args.quick else 3)
+    positive("--batch-size", args.batch_size)
+    non_negative("--seed", args.seed)
+    if not args.measure:
+        args.workdir = work_parent("--workdir", args.workdir)  # absolute: the children run in the repo root
     return args
 
 
-def main(argv=None) -> int:
+def main_args(argv) -> None:
     args = parse_args(argv)
     if args.measure:
         (Path(args.measure) / "timing.json").write_text(json.dumps(measure(args)))
-        return 0
-    if args.workdir:
-        Path(args.workdir).mkdir(parents=True, exist_ok=True)
+        return
     work = Path(tempfile.mkdtemp(prefix="feature_extraction-", dir=args.workdir))
     try:
         cmd = [sys.executable, __file__, "--measure", str(work), "--items", str(args.items), "--batch-size",
@@ -229,7 +233,10 @@ def main(argv=None) -> int:
         }), flush=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    return 0
+
+
+def main(argv=None) -> int:
+    return cli_main(main_args, argv)
 
 
 if __name__ == "__main__":

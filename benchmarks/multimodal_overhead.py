@@ -25,7 +25,6 @@ issue's goal is multimodal within 1.2x of ddpg_id, i.e. ratio >= 0.833.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import sys
@@ -36,8 +35,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks.common import device, load_note  # noqa: E402
-from data_prep.common import cli_main  # noqa: E402
+from benchmarks.common import device, load_note, positive  # noqa: E402
+from jaxrec.data.prepared import load_prepared  # noqa: E402
+from jaxrec.cli import ArgParser, cli_main  # noqa: E402
 from jaxrec.errors import InputError  # noqa: E402
 
 
@@ -84,7 +84,7 @@ def time_run(name: str, data_dir: Path, features: Path, modalities: str, steps: 
 
 
 def main_args(argv):
-    p = argparse.ArgumentParser(prog="multimodal_overhead.py", description=__doc__.split("\n\n")[0])
+    p = ArgParser(prog="multimodal_overhead.py", description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="300 steps on generated data (a smoke test)")
     p.add_argument("--data", default=str(REPO / "data" / "ml-1m"))
     p.add_argument("--features", default=str(REPO / "data" / "features" / "ml-1m"))
@@ -93,19 +93,26 @@ def main_args(argv):
     p.add_argument("--repeats", type=int)
     p.add_argument("--debug", action="store_true")
     args = p.parse_args(argv)
-    repeats = args.repeats or (2 if args.quick else 3)
-    steps = args.steps or (300 if args.quick else 10_000)
+    repeats = positive("--repeats", args.repeats) or (2 if args.quick else 3)
+    steps = positive("--steps", args.steps) or (300 if args.quick else 10_000)
     tmp = None
     if args.quick:
         tmp = tempfile.TemporaryDirectory(prefix="mm_overhead-")
         data_dir, features = quick_inputs(Path(tmp.name))
         args.modalities = "text,noise"
     else:
+        from jaxrec.features.store import load_features
+
         data_dir, features = Path(args.data), Path(args.features)
-        for path, what in ((data_dir / "meta.json", "a prepared data directory (data_prep/prepare.py)"),
-                           (features / "manifest.json", "a features directory (data_prep/extract_features.py)")):
-            if not path.is_file():
-                raise InputError(path, f"missing: expected {what}; or run with --quick")
+        load_prepared(data_dir)  # missing or unreadable data: an InputError naming the file, before any run
+        if not (features / "manifest.json").is_file():
+            raise InputError(features / "manifest.json", "missing: expected a features directory "
+                                                         "(data_prep/extract_features.py); or run with --quick")
+        modalities = [m.strip() for m in args.modalities.split(",")]
+        if not all(modalities):
+            raise InputError("--modalities", f"{args.modalities!r}, expected comma-separated modality names")
+        # The whole features check (data set, modalities, shapes, hashes) before the first timed run.
+        load_features(features, data_dir, modalities)
     names = ["ddpg_id", "ddpg_multimodal"]
     results = {n: [] for n in names}
     for r in range(repeats):

@@ -48,7 +48,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from benchmarks.common import device  # noqa: E402
+from benchmarks.common import device, non_negative, positive, work_parent  # noqa: E402
+from jaxrec.cli import ArgParser, cli_main  # noqa: E402
 
 # Keep this parent process small (standard library only): see methodology point 4 on ru_maxrss.
 
@@ -150,30 +151,31 @@ def bench_line(metric: str, ours: float, baseline: float, unit: str, digits: int
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    """The flags, checked (InputError naming the flag) before anything is generated or run."""
+    p = ArgParser(prog="prepare_speed.py", description=__doc__.split("\n\n")[0],
+                  formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help=f"{QUICK_ROWS:,} rows, 1 repeat")
     p.add_argument("--rows", type=int, help=f"rows of the synthetic CSV (default {FULL_ROWS:,})")
     p.add_argument("--repeats", type=int, help="runs of each of ours / baseline (default 3; --quick: 1)")
     p.add_argument("--workdir", help="directory for the temp files (default: the system temp dir)")
     p.add_argument("--seed", type=int, default=0, help="seed of the synthetic data")
     p.add_argument("--generate-to", help=argparse.SUPPRESS)  # internal: the generation subprocess
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
     args = p.parse_args(argv)
-    args.rows = args.rows or (QUICK_ROWS if args.quick else FULL_ROWS)
-    args.repeats = args.repeats or (1 if args.quick else 3)
-    if args.rows < 1 or args.repeats < 1:
-        p.error("--rows and --repeats must be positive")
+    args.rows = positive("--rows", args.rows) or (QUICK_ROWS if args.quick else FULL_ROWS)
+    args.repeats = positive("--repeats", args.repeats) or (1 if args.quick else 3)
+    non_negative("--seed", args.seed)
+    if not args.generate_to:
+        args.workdir = work_parent("--workdir", args.workdir)  # absolute: the children run in the repo root
     return args
 
 
-def main(argv=None) -> int:
+def main_args(argv) -> None:
     args = parse_args(argv)
     if args.generate_to:
         synthesise(Path(args.generate_to), args.rows, args.seed)
-        return 0
+        return
 
-    if args.workdir:
-        Path(args.workdir).mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="prepare_speed-", dir=args.workdir))
     try:
         csv = work / "interactions.csv"
@@ -212,7 +214,10 @@ def main(argv=None) -> int:
         print(bench_line("prepare_wall_time", ours_s, base_s, "s", 2), flush=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    return 0
+
+
+def main(argv=None) -> int:
+    return cli_main(main_args, argv)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,6 @@ Methodology
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import statistics
@@ -32,7 +31,9 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from benchmarks.common import device  # noqa: E402
+from benchmarks.common import device, positive  # noqa: E402
+from jaxrec.cli import ArgParser, cli_main  # noqa: E402
+from jaxrec.data.prepared import check_prepared  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 GOAL_GB = 1.0
@@ -53,13 +54,25 @@ def measure(cmd: list[str], log: Path) -> tuple[float, float, str]:
     return usage.ru_maxrss * 1024 / 1e9, wall, lines[-1] if lines else ""  # ru_maxrss: KiB on Linux
 
 
-def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def parse_args(argv=None):
+    """The flags and the data directory, checked (InputError naming the flag or file) before any child runs;
+    standard library only (see the methodology, point 3)."""
+    p = ArgParser(prog="sqn_memory.py", description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true")
     p.add_argument("--data", default=str(REPO / "data" / "ml-1m"))
     p.add_argument("--steps", type=int, default=None)
     p.add_argument("--repeats", type=int, default=None)
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
     args = p.parse_args(argv)
+    positive("--steps", args.steps)
+    positive("--repeats", args.repeats)
+    # Absolute: the children run in the repository root, not in this process's working directory.
+    args.data = str(check_prepared(args.data))
+    return args
+
+
+def main_args(argv) -> None:
+    args = parse_args(argv)
     steps = args.steps or (20 if args.quick else 200)
     repeats = args.repeats or (1 if args.quick else 3)
     dev = device()
@@ -91,5 +104,9 @@ def main(argv=None):
     print(json.dumps(line), flush=True)
 
 
+def main(argv=None) -> int:
+    return cli_main(main_args, argv)
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -33,9 +33,7 @@ Methodology
 """
 from __future__ import annotations
 
-import argparse
 import json
-import os
 import statistics
 import sys
 import time
@@ -50,11 +48,13 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from benchmarks.baselines import m3s_torch  # noqa: E402
-from data_prep.common import load_prepared  # noqa: E402
+from jaxrec.cli import ArgParser, cli_main  # noqa: E402
 from jaxrec.data.sequences import sequence_chunks  # noqa: E402
 from jaxrec.data.splits import train_view, user_split  # noqa: E402
+from jaxrec.errors import InputError  # noqa: E402
 from jaxrec.rl.sqn import SQNConfig, make_train, samples_count  # noqa: E402
-from benchmarks.common import device, load_note  # noqa: E402
+from benchmarks.common import device, load_note, non_negative, positive  # noqa: E402
+from jaxrec.data.prepared import load_prepared  # noqa: E402
 
 GOAL_FIXED, GOAL_PUBLISHED = 5.0, 100.0
 
@@ -124,19 +124,30 @@ def compare(name: str, ours: Ours, base: Baseline, repeats: int, dev: str, goal:
     return line
 
 
-def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def parse_args(argv=None):
+    """The flags, checked (InputError naming the flag) before anything is built or timed."""
+    p = ArgParser(prog="sqn_throughput.py", description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true")
     p.add_argument("--data", default=str(REPO / "data" / "ml-1m"))
     p.add_argument("--repeats", type=int, default=None)
-    p.add_argument("--torch-threads", default="auto")
+    p.add_argument("--torch-threads", default="auto", help="auto (default: the faster of 1 and 2) or a thread count")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
     args = p.parse_args(argv)
+    positive("--repeats", args.repeats)
+    non_negative("--seed", args.seed)
+    if args.torch_threads != "auto" and not (args.torch_threads.isdigit() and int(args.torch_threads) >= 1):
+        raise InputError("--torch-threads", f"{args.torch_threads!r}, expected auto or a positive integer")
+    return args
+
+
+def main_args(argv) -> None:
+    args = parse_args(argv)
     repeats = args.repeats or (2 if args.quick else 5)
+    inter, meta, _ = load_prepared(args.data)  # before anything is built: bad data is reported at once
     dev = device()
     print(f"device: {dev}; jax {jax.__version__} ({jax.default_backend()}), torch {torch.__version__}", flush=True)
 
-    inter, meta, _ = load_prepared(args.data)
     train = train_view(inter, user_split(inter, (0.8, 0.1, 0.1), seed=0))
     cfg = SQNConfig()
     print(f"data: {meta.get('name')} training part {len(train)} rows, {len(np.unique(train.user))} users", flush=True)
@@ -191,5 +202,9 @@ def main(argv=None):
     print(f"# ours / fixed seed-style baseline: {line['ratio']}x ({status} the >= {GOAL_FIXED}x goal)", file=sys.stderr)
 
 
+def main(argv=None) -> int:
+    return cli_main(main_args, argv)
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

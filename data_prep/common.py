@@ -3,15 +3,12 @@ hashing, robust table reading with line-numbered errors, and loading a prepared 
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import hashlib
 import io
-import json
 import os
 import re
 import shutil
-import sys
 import tempfile
 import warnings
 import zipfile
@@ -21,42 +18,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from jaxrec.data.interactions import Interactions
-from jaxrec.errors import DivergedError, InputError
+from jaxrec.errors import InputError
 
 FORMAT_VERSION = 1
-
-
-class ArgParser(argparse.ArgumentParser):
-    """argparse whose errors raise ``InputError``: a bad flag then gives the same single line
-    ``error: --flag: ...`` and exit status 2 as bad data, instead of usage text plus an error line."""
-
-    def error(self, message):
-        m = re.match(r"argument ([^:]+): (.*)", message, re.S)
-        if m:
-            raise InputError(m.group(1), m.group(2))
-        raise InputError(self.prog, message)
-
-
-def cli_main(fn, argv=None, debug: bool | None = None) -> int:
-    """Runs ``fn(argv)``; an ``InputError`` becomes ``error: ...`` on stderr and exit status 2, a
-    ``DivergedError`` (non-finite loss or parameter during training) the same line and exit status 3."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if debug is None:
-        debug = "--debug" in argv
-    try:
-        fn(argv)
-        return 0
-    except InputError as e:
-        if debug:
-            raise
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except DivergedError as e:
-        if debug:
-            raise
-        print(f"error: {e}", file=sys.stderr)
-        return 3
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -369,30 +333,3 @@ def numeric_column(df: pd.DataFrame, col: str, label: str, header_lines: int, in
 
 # ----------------------------------------------------------------------------------------------------
 # Prepared data directory (DESIGN.md 2.1)
-
-
-def load_prepared(path) -> tuple[Interactions, dict, pd.DataFrame]:
-    """(interactions, meta, items) of a prepared data directory."""
-    path = Path(path)
-    npz, meta_path = path / "interactions.npz", path / "meta.json"
-    for f in (npz, meta_path):
-        if not f.is_file():
-            raise InputError(f, "missing; prepare the data first with data_prep/prepare.py (see README)")
-    try:
-        meta = json.loads(meta_path.read_text())
-    except json.JSONDecodeError as e:
-        raise InputError(meta_path, f"not valid JSON ({e.msg})", line=e.lineno) from None
-    with np.load(npz) as z:
-        missing = [k for k in ("user", "item", "rating", "order") if k not in z]
-        if missing:
-            raise InputError(npz, f"lacks arrays {missing}, expected user, item, rating, order")
-        event = z["event"] if "event" in z else None
-        inter = Interactions(
-            user=z["user"].astype(np.int32), item=z["item"].astype(np.int32),
-            rating=z["rating"].astype(np.float32), order=z["order"].astype(np.int64),
-            n_users=int(meta["n_users"]), n_items=int(meta["n_items"]), event=event,
-            event_types=tuple(meta.get("event_types", ())), order_is_time=meta.get("order_kind", "timestamp") == "timestamp",
-        )
-    items_path = path / "items.csv"
-    items = pd.read_csv(items_path, keep_default_na=False) if items_path.is_file() else pd.DataFrame({"item": np.arange(inter.n_items)})
-    return inter, meta, items

@@ -39,7 +39,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from data_prep.common import ArgParser, cli_main, file_digest, read_delimited, require_columns
+from data_prep.common import file_digest, read_delimited, require_columns
+from jaxrec.cli import ArgParser, cli_main
 from data_prep.encoders import AUDIO_SUFFIXES, IMAGE_SUFFIXES, one_line, load_encoder
 from jaxrec.errors import InputError
 from jaxrec.features.store import FORMAT_VERSION, MANIFEST, array_path, check_name, mask_path, read_manifest

@@ -26,7 +26,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from data_prep.common import (FORMAT_VERSION, ArgParser, Source, atomic_dir, check_digest, cli_main, file_digest, file_line,
+from jaxrec.cli import ArgParser, cli_main
+from data_prep.common import (FORMAT_VERSION, Source, atomic_dir, check_digest, file_digest, file_line,
                               numeric_column, read_delimited, require_columns, row_location)
 from jaxrec.data.preprocess import DEDUP_POLICIES, Raw, clean
 from jaxrec.errors import InputError

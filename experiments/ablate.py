@@ -36,9 +36,10 @@ import math
 import sys
 from pathlib import Path
 
-from data_prep.common import cli_main
+from jaxrec.cli import ArgParser, cli_main
+from jaxrec.data.prepared import check_prepared
 from jaxrec import config as C
-from jaxrec.errors import ConfigError
+from jaxrec.errors import ConfigError, InputError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -207,8 +208,20 @@ def write_plot(rows: list[dict], grid: Grid, metrics: list[str], out: Path):
     plt.close(fig)
 
 
+def check_points(grid: Grid, args):
+    """Every point's config resolves (a bad ``--set`` key or value is a ConfigError) and its data directory
+    is a prepared one, checked before the output directory is created or any point runs."""
+    from experiments.registry import EXPERIMENTS
+
+    exp = EXPERIMENTS[grid.exp]
+    cfgs = [point_config(exp, grid, overrides, args) for _, overrides in grid.points]
+    if not cfgs:
+        raise ConfigError("--features", f"{args.features}: the features directory holds no modality")
+    check_prepared(cfgs[0].data.path)
+
+
 def main_args(argv):
-    p = argparse.ArgumentParser(prog="ablate.py", description=__doc__.split("\n\n")[0])
+    p = ArgParser(prog="ablate.py", description=__doc__.split("\n\n")[0])
     p.add_argument("--grid", required=True, help="grid name, or 'list'")
     p.add_argument("--data", help="prepared data directory (data.path)")
     p.add_argument("--features", help="extracted item features directory (multimodal grids)")
@@ -233,9 +246,14 @@ def main_args(argv):
     if args.seeds < 1:
         raise ConfigError("--seeds", "must be >= 1")
     grid = multimodal_grid(args.grid, args.exp, args.features) if args.grid in ("modalities", "fusion") else GRIDS[args.grid]
+    check_points(grid, args)
     out = Path(args.out) if args.out else Path("runs") / f"ablate-{args.grid}{'-quick' if args.quick else ''}"
-    out.mkdir(parents=True, exist_ok=True)
+    if out.exists() and not out.is_dir():
+        raise InputError("--out", f"{out} exists and is not a directory")
     metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
+    if not metrics:
+        raise ConfigError("--metrics", f"{args.metrics!r}, expected comma-separated metric names")
+    out.mkdir(parents=True, exist_ok=True)
     rows = run_grid(grid, args, out)
     first = {**rows[0]["final"], "_protocol": rows[0]["protocol"]}
     missing = [m for m in metrics if math.isnan(_metric(first, m))]

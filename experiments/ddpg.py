@@ -72,7 +72,6 @@ class DRRTrainer:
                 from jaxrec.errors import ConfigError
 
                 raise ConfigError("model.agent.mf_reward", "needs model.embed.objective=mse (a rating model)")
-            n_users = self.data.inter.n_users
             mf_arrays = (np.asarray(params.user), np.asarray(params.item),
                          np.concatenate([np.asarray(params.user_bias), np.asarray(params.item_bias),
                                          [float(params.offset)]]).astype(np.float32))

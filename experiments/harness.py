@@ -37,7 +37,7 @@ from typing import Any, Callable, Protocol
 import jax
 import numpy as np
 
-from data_prep.common import load_prepared
+from jaxrec.data.prepared import load_prepared
 from jaxrec import config as C
 from jaxrec.data.interactions import Interactions
 from jaxrec.data.splits import EvalView, Split, eval_view, make_split

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 
-import jax.numpy as jnp
 
 from jaxrec import config as C
 from jaxrec.baselines import broadcast_scores, popularity_scores

@@ -8,7 +8,6 @@ the model was not trained on is folded in from that history), and prints the top
 """
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
@@ -17,7 +16,7 @@ import jax
 import numpy as np
 import pandas as pd
 
-from data_prep.common import cli_main
+from jaxrec.cli import ArgParser, cli_main
 from jaxrec import config as C
 from jaxrec.data.splits import EvalView
 from jaxrec.errors import InputError
@@ -30,7 +29,14 @@ def recommend(run_dir: Path, original_user: str, k: int, data_path: str | None =
     cfg_path = run_dir / "config.json"
     if not cfg_path.is_file():
         raise InputError(cfg_path, "missing: not a run directory")
-    saved = json.loads(cfg_path.read_text())
+    try:
+        saved = json.loads(cfg_path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise InputError(cfg_path, f"not valid JSON ({e.msg})", line=e.lineno) from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise InputError(cfg_path, f"cannot be read ({e})") from None
+    if not isinstance(saved, dict):
+        raise InputError(cfg_path, "malformed: expected the config.json of a run (a JSON object)")
     if saved.get("exp") not in EXPERIMENTS:
         raise InputError(cfg_path, f"unknown experiment {saved.get('exp')!r}")
     if "seeds" in saved:
@@ -41,10 +47,18 @@ def recommend(run_dir: Path, original_user: str, k: int, data_path: str | None =
     if data_path:
         cfg = C.apply_overrides(cfg, [f"data.path={data_path}"])
     data = load_dataset(cfg)
-    users = pd.read_csv(Path(cfg.data.path) / "users.csv", dtype={"original_id": str})
+    users_path = Path(cfg.data.path) / "users.csv"
+    if not users_path.is_file():
+        raise InputError(users_path, "missing: the user ids of the prepared data (data_prep/prepare.py writes it)")
+    try:
+        users = pd.read_csv(users_path, dtype={"original_id": str})
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
+        raise InputError(users_path, f"not a readable users table ({' '.join(str(e).split())})") from None
+    if not {"user", "original_id"} <= set(users.columns):
+        raise InputError(users_path, f"columns {list(users.columns)}, expected 'user' and 'original_id'")
     match = users.index[users["original_id"].astype(str) == str(original_user)]
     if len(match) == 0:
-        raise InputError(Path(cfg.data.path) / "users.csv", f"no user with original id {original_user!r}")
+        raise InputError(users_path, f"no user with original id {original_user!r}")
     user = int(users["user"].iloc[match[0]])
     trainer = exp.make_trainer(cfg, data)
     state = trainer.init(jax.random.key(cfg.seed))
@@ -73,7 +87,7 @@ def recommend(run_dir: Path, original_user: str, k: int, data_path: str | None =
 
 
 def main_args(argv):
-    p = argparse.ArgumentParser(prog="recommend.py", description=__doc__.split("\n\n")[0])
+    p = ArgParser(prog="recommend.py", description=__doc__.split("\n\n")[0])
     p.add_argument("--run-dir", required=True)
     p.add_argument("--user", required=True, help="the user's original id (as in the raw data)")
     p.add_argument("--k", type=int, default=10)

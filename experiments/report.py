@@ -12,13 +12,12 @@ by hand.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import re
 import sys
 from pathlib import Path
 
-from data_prep.common import cli_main
+from jaxrec.cli import ArgParser, cli_main
 from jaxrec.errors import InputError
 
 
@@ -26,7 +25,15 @@ def load_final(run_dir: Path) -> dict:
     path = Path(run_dir) / "final.json"
     if not path.is_file():
         raise InputError(path, "missing: the run has not finished")
-    return json.loads(path.read_text())
+    try:
+        final = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise InputError(path, f"not valid JSON ({e.msg})", line=e.lineno) from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise InputError(path, f"cannot be read ({e})") from None
+    if not isinstance(final, dict) or not isinstance(final.get("exp"), str) or not isinstance(final.get("wall_s"), (int, float)):
+        raise InputError(path, "malformed: expected the final.json of a run (an object with 'exp' and 'wall_s')")
+    return final
 
 
 def table(finals: list[tuple[str, dict]], protocol: str, metrics: list[str], part: str = "test") -> str:
@@ -52,6 +59,8 @@ def table(finals: list[tuple[str, dict]], protocol: str, metrics: list[str], par
 
 
 def replace_section(readme: Path, name: str, text: str):
+    if not readme.is_file():
+        raise InputError(readme, "no such file; --readme names an existing README with table markers")
     src = readme.read_text()
     pattern = re.compile(rf"(<!-- table:{re.escape(name)} -->\n)(?:.*?\n)?(<!-- /table:{re.escape(name)} -->)", re.S)
     if not pattern.search(src):
@@ -60,7 +69,7 @@ def replace_section(readme: Path, name: str, text: str):
 
 
 def main_args(argv):
-    p = argparse.ArgumentParser(prog="report.py", description=__doc__.split("\n\n")[0])
+    p = ArgParser(prog="report.py", description=__doc__.split("\n\n")[0])
     p.add_argument("--runs", nargs="+", required=True, help="run directories (label=DIR to rename a row)")
     p.add_argument("--protocol", default="full")
     p.add_argument("--metrics", default="hr@10,ndcg@10")
@@ -69,6 +78,8 @@ def main_args(argv):
     p.add_argument("--section", help="table name between the README markers")
     p.add_argument("--debug", action="store_true")
     args = p.parse_args(argv)
+    if args.readme and not args.section:
+        raise InputError("--section", "needed with --readme")
     finals = []
     for spec in args.runs:
         label, _, path = spec.rpartition("=") if "=" in spec else ("", "", spec)
@@ -77,8 +88,6 @@ def main_args(argv):
     text = table(finals, args.protocol, args.metrics.split(","), args.part)
     print(text)
     if args.readme:
-        if not args.section:
-            raise InputError("--section", "needed with --readme")
         replace_section(Path(args.readme), args.section, text)
 
 

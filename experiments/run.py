@@ -10,17 +10,16 @@ Writes config.json, metrics.jsonl, final.json, checkpoints/ and plots/ into the 
 """
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
-from data_prep.common import cli_main
+from jaxrec.cli import ArgParser, cli_main
 from jaxrec import config as C
 from jaxrec.errors import ConfigError
 
 
 def build_parser():
-    p = argparse.ArgumentParser(prog="run.py", description=__doc__.split("\n\n")[0])
+    p = ArgParser(prog="run.py", description=__doc__.split("\n\n")[0])
     p.add_argument("--exp", required=True, help="experiment name, or 'list'")
     p.add_argument("--data", help="prepared data directory (data.path)")
     p.add_argument("--features", help="extracted item features directory (data.features)")

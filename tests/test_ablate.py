@@ -18,16 +18,29 @@ def data_dir(tmp_path_factory):
 USERS = ["--set", "data.split.scheme=users", "data.split.heldout_visible=5"]
 
 
+def _flat(d, prefix=""):
+    out = {}
+    for k, v in d.items():
+        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
+
+
 @pytest.mark.parametrize("name", ["lambda", "nsteps", "ssl", "doubleq"])
 def test_every_point_of_the_issue_grids_is_a_valid_m3s_config(name):
     from experiments.registry import EXPERIMENTS
 
+    from jaxrec import config as C
+
     grid = ablate.GRIDS[name]
     args = argparse.Namespace(quick=False, data=None, seed=None, set=["data.split.scheme=users"])
+    base = C.to_dict(C.apply_overrides(EXPERIMENTS[grid.exp].make_config(), ["data.split.scheme=users"]))
     values = []
     for label, overrides in grid.points:
         cfg = ablate.point_config(EXPERIMENTS[grid.exp], grid, overrides, args)
         assert cfg.exp == "m3s_tdlambda" and cfg.data.split.scheme == "users"
+        # A point differs from the experiment (with the user's --set) in its own overrides and nothing else.
+        changed = {k for k in _flat(C.to_dict(cfg)) if _flat(C.to_dict(cfg))[k] != _flat(base)[k]}
+        assert changed <= {o.split("=")[0] for o in overrides}, (label, changed)
         values.append(ablate.value_of(cfg, grid.key))
     expected = {"lambda": [0.0, 0.5, 0.8, 1.0], "nsteps": [1, 3, 6, 10], "ssl": ["none", "future_states", "ahead"],
                 "doubleq": ["heads", "networks", "none"]}

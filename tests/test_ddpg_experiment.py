@@ -1,4 +1,6 @@
-"""ddpg_id end to end on small generated data: run directory, both protocols, resume, leakage."""
+"""ddpg_id end to end on small generated data: run directory, both protocols, resume, the drr NDCG variants.
+
+The leakage guards of ddpg_id (MF fitting, simulator, states) are planted-leak tested in tests/test_leakage.py."""
 import json
 import subprocess
 import sys
@@ -48,5 +50,8 @@ def test_drr_ndcg_k_variant_is_not_larger(data_dir, tmp_path):
         run = tmp_path / ideal
         assert main(["--exp=ddpg_id", "--data", str(data_dir), "--run-dir", str(run)] + QUICK + [f"eval.drr_ideal={ideal}"]) == 0
         runs[ideal] = json.loads((run / "final.json").read_text())["test"]["drr"]
-    assert runs["k"]["ndcg@10"] <= runs["true"]["ndcg@10"] + 1e-9
-    assert runs["k"]["precision@10"] == runs["true"]["precision@10"]
+    # Same training, same top-10 lists: precision agrees. The seed's variant divides by IDCG(10) even for users
+    # with fewer than 10 relevant targets (most users here), so its NDCG is strictly lower: if eval.drr_ideal
+    # were ignored the two would be equal.
+    assert runs["k"]["precision@10"] == runs["true"]["precision@10"] > 0
+    assert runs["k"]["ndcg@10"] < runs["true"]["ndcg@10"] - 1e-3

@@ -86,7 +86,8 @@ def test_negative_sampling_draws_the_complement_uniformly():
     draws = np.asarray(mf.sample_negatives(jax.random.key(3), data, jnp.array([0, 1, 2]), 20000))
     counts0 = np.bincount(draws[0], minlength=n_items)
     assert set(np.flatnonzero(counts0)) == {0, 3, 4, 6, 7, 8}
-    np.testing.assert_allclose(counts0[counts0 > 0] / 20000, 1 / 6, atol=0.015)
+    # Binomial sd of a frequency at p = 1/6 over 20,000 draws is 0.0026: 4 sd.
+    np.testing.assert_allclose(counts0[counts0 > 0] / 20000, 1 / 6, atol=0.0106)
     assert set(np.unique(draws[1])) == set(range(n_items))
     assert set(np.unique(draws[2])) == {3}
 
@@ -162,7 +163,15 @@ def test_fold_in_bce_minimises_eq5_and_recovers_trained_users(bce_fit):
     # Padding is ignored; an empty history is the prior mean.
     wide = [np.pad(a, ((0, 0), (0, 3))) for a in (items, mask, ratings)]
     wide[0][:, -3:] = 7
-    np.testing.assert_allclose(mf.fold_in_users(params, *wide, cfg)[0], vecs, atol=5e-3)
+    # Padding is ignored: the padded solve meets the same optimality test on the unpadded eq. (5). (The
+    # vectors themselves differ by up to 1.4e-3: truncated Newton-CG on this saturated fit (|logits| ~ 30)
+    # follows float32 rounding of the wider rows to a slightly different point of a very flat optimum.)
+    padded = mf.fold_in_users(params, *wide, cfg)[0]
+    for k in range(6):
+        g = bce_fold_in_grad(params, padded[k], positive[k])
+        g0 = bce_fold_in_grad(params, params.prior_mean[:-1], positive[k])
+        assert float(jnp.linalg.norm(g)) <= 1e-3 * float(jnp.linalg.norm(g0))
+    np.testing.assert_allclose(padded, vecs, rtol=0, atol=2e-3)
     empty = mf.fold_in_users(params, items[:1], np.zeros_like(mask[:1]), ratings[:1], cfg)[0]
     np.testing.assert_allclose(empty[0], params.prior_mean[:-1], atol=1e-6)
 

@@ -60,12 +60,19 @@ def test_state_rows_first_or_last_n():
 
 
 def test_drr_protocol_only_excludes_state_items():
+    """drr excludes exactly the state items: not fewer (the state item itself stays out of the top) and not
+    more (an item seen earlier but outside the state can be recommended)."""
     inter = make_interactions(ROWS)
-    split = leave_last_out(inter, n_val=1, n_test=2)
-    view = eval_view(inter, split, "test")  # user 0: context rows 0,1,2 target 3,4; user 1: context 5,6 target 7,8
-    score_fn = lambda users, context: jnp.broadcast_to(jnp.array([0.0, 9.0, 1.0, 3.0, 2.0, 6.0]), context.shape)
-    means, n = drr_protocol(score_fn, inter, view, 4.0, n_state=1, heldout_users=False, ks=(1,))
-    # state: user 0 -> item 2 (row 2), user 1 -> item 1 (row 6).
-    # user 0 ranking excludes only item 2: 1 (seen earlier, not excluded), 5, ... -> item 1 not relevant target
-    # user 1 ranking excludes item 1: 5, 3, ... -> item 5 is not a target of user 1
-    assert n == 2 and means["precision@1"] == 0.0 and set(means) == {"precision@1", "ndcg@1"}
+    # User 0 sees rows 0,1,2 (items 0,1,2) and must predict rows 3,4 (item 3 rated 5, item 4 rated 1).
+    view = EvalView(users=np.array([0]), context=np.array([0, 1, 2]), target=np.array([3, 4]))
+    state_item_first = jnp.array([0.0, 0.0, 9.0, 8.0, 0.0, 0.0])  # item 2 = the state (last visible row)
+    seen_item_first = jnp.array([0.0, 9.0, 0.0, 8.0, 0.0, 0.0])  # item 1 = seen, not in the state
+
+    def p_at_1(scores):
+        fn = lambda users, context: jnp.broadcast_to(scores, context.shape)
+        means, n = drr_protocol(fn, inter, view, 4.0, n_state=1, heldout_users=False, ks=(1,))
+        assert n == 1 and set(means) == {"precision@1", "ndcg@1"}
+        return means["precision@1"]
+
+    assert p_at_1(state_item_first) == 1.0  # item 2 excluded -> item 3 (relevant) on top
+    assert p_at_1(seen_item_first) == 0.0  # item 1 not excluded -> it takes the top slot

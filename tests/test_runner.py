@@ -53,7 +53,7 @@ def test_popularity_end_to_end_hand_checked(data_dir, tmp_path, capsys):
     assert (run_dir / "plots" / "metrics.png").stat().st_size > 0
     assert (run_dir / "config.json").exists() and (run_dir / "checkpoints").is_dir()
     # Recompute HR@10 of the test part by hand: the most-popular training items, minus what each user saw.
-    from data_prep.common import load_prepared
+    from jaxrec.data.prepared import load_prepared
     from jaxrec.data.splits import leave_last_out
 
     inter, _, _ = load_prepared(data_dir)
@@ -90,7 +90,7 @@ def test_quick_and_set_and_seeds(data_dir, tmp_path, capsys):
     (["--exp=nope"], "error: --exp: unknown experiment 'nope'"),
     (["--exp=popularity", "--set", "train.stepz=3"], "error: --set train.stepz: unknown key (did you mean train.steps?)"),
     (["--exp=popularity", "--set", "eval.batch_users=many"], "error: --set eval.batch_users: 'many' is not an integer"),
-    (["--exp=popularity", "--data", "/nonexistent/dir"], "error: /nonexistent/dir/interactions.npz: missing"),
+    (["--exp=popularity", "--data", "/nonexistent/dir"], "error: /nonexistent/dir: no such data directory"),
 ])
 def test_bad_arguments_exit_2_with_one_line(argv, message, capsys, tmp_path):
     rc, _, err = _run(argv + ["--run-dir", str(tmp_path / "r")], capsys)

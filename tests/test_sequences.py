@@ -1,6 +1,5 @@
 """Sequence windows and next-item queries on hand-made logs: padding, user boundaries, no future leakage."""
 import os
-import time
 from pathlib import Path
 
 import numpy as np
@@ -140,7 +139,7 @@ ML1M_NPZ = SHARED_DATA / "ml-1m" / "derived" / "ml-1m_ratings_ordered.npz"
 def ml1m():
     """The prepared ML-1M if present, else the same interactions from ../shared/data's derived file."""
     if (ML1M / "interactions.npz").exists():
-        from data_prep.common import load_prepared
+        from jaxrec.data.prepared import load_prepared
 
         return load_prepared(ML1M)[0]
     with np.load(ML1M_NPZ) as z:
@@ -154,18 +153,15 @@ def ml1m():
 
 @pytest.mark.skipif(not (ML1M / "interactions.npz").exists() and not ML1M_NPZ.exists(),
                     reason="ML-1M not present (neither data/ml-1m nor ../shared/data)")
-def test_ml1m_windows_build_in_under_3_seconds():
+def test_ml1m_windows_count_every_training_transition():
+    """Every training row after a user's first is one transition, on the real ML-1M split (the build time is
+    measured by benchmarks/sqn_throughput.py, not asserted here: timing belongs in benchmarks)."""
     inter = ml1m()
     assert (len(inter), inter.n_users, inter.n_items) == (1000209, 6040, 3706)
     train = train_view(inter, user_split(inter, (0.8, 0.1, 0.1), seed=0))
     for chunk in (1, 8):  # every transition on its own, and the m3s default
-        times = []
-        for _ in range(3):
-            t0 = time.perf_counter()
-            c = sequence_chunks(train, 10, 6, chunk, 1)
-            times.append(time.perf_counter() - t0)
+        c = sequence_chunks(train, 10, 6, chunk, 1)
         assert c.n_samples == len(train) - len(np.unique(train.user))
-        assert min(times) < 3.0, times
 
 
 def test_bad_arguments():

@@ -94,7 +94,7 @@ def _popularity_hits_by_hand(data_dir, ks=(5, 10), events=None, min_rating=None)
 
     ``events``: only targets whose event code is in it (a click or purchase group); ``min_rating``: only
     targets rated at least that."""
-    from data_prep.common import load_prepared
+    from jaxrec.data.prepared import load_prepared
     from jaxrec.data.splits import user_split
 
     inter, _, _ = load_prepared(data_dir)

@@ -495,7 +495,7 @@ def build(user, item, rating, n_users, n_items, user_emb: np.ndarray, item_emb: 
 def load_ml1m_train(data_dir):
     """Training interactions of the benchmark's split (users 80/10/10, seed 0), as numpy arrays."""
     sys.path.insert(0, str(REPO))
-    from data_prep.common import load_prepared
+    from jaxrec.data.prepared import load_prepared
     from jaxrec.data.splits import train_view, user_split
 
     inter, _, _ = load_prepared(data_dir)

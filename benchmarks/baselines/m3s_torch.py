@@ -332,7 +332,7 @@ def memory_main(argv=None):
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args(argv)
     sys.path.insert(0, str(REPO))
-    from data_prep.common import load_prepared
+    from jaxrec.data.prepared import load_prepared
     from jaxrec.data.splits import user_split
 
     torch.set_num_threads(args.threads)

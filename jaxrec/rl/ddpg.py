@@ -23,7 +23,6 @@ import functools
 from typing import Any, Literal
 
 import chex
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import optax

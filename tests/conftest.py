@@ -1,0 +1,42 @@
+"""Skip policy for CI: with ``JAXREC_FAIL_ON_SKIP=1`` (set by ``.ci/run``) a skipped test fails the session
+unless ``.ci/allowed_skips.txt`` lists it, so a test that silently stops running (missing data, a failed
+import) turns CI red instead of green. Locally, without the variable, skips stay skips."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+ALLOWED = Path(os.environ.get("JAXREC_ALLOWED_SKIPS", Path(__file__).resolve().parents[1] / ".ci" / "allowed_skips.txt"))
+_skipped: list[tuple[str, str]] = []
+
+
+def allowed_skips() -> dict[str, str]:
+    """{node id prefix: reason} from ``.ci/allowed_skips.txt`` (``PREFIX  # reason`` per line)."""
+    out = {}
+    if ALLOWED.is_file():
+        for line in ALLOWED.read_text().splitlines():
+            prefix, _, reason = line.partition("#")
+            if prefix.strip():
+                out[prefix.strip()] = reason.strip()
+    return out
+
+
+def pytest_runtest_logreport(report):
+    if report.skipped and not hasattr(report, "wasxfail"):
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        _skipped.append((report.nodeid, reason.removeprefix("Skipped: ")))
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if os.environ.get("JAXREC_FAIL_ON_SKIP") != "1" or not _skipped:
+        return
+    allowed = allowed_skips()
+    unlisted = [(n, r) for n, r in _skipped if not any(n.startswith(p) for p in allowed)]
+    if unlisted:
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        lines = [f"{len(unlisted)} test(s) skipped without a reason listed in {ALLOWED.name}:"]
+        lines += [f"  {n}: {r}" for n, r in unlisted]
+        if reporter is not None:
+            reporter.write_line("")
+            reporter.write_line("\n".join(lines), red=True)
+        session.exitstatus = 1
