@@ -222,3 +222,13 @@ def test_config_keys_and_defaults():
     assert sequential.gru4rec_config().model.backbone == "gru"
     with pytest.raises(ConfigError):
         C.apply_overrides(cfg, ["model.batch_size=100"])  # not a multiple of the chunk
+
+
+def test_default_batch_larger_than_the_training_data_trains(tmp_path):
+    """A batch draws batch_size / chunk chunks with replacement, also from fewer training chunks, split into
+    model.micro_batches slices (this used to fail: the update was traced on the data's first chunks)."""
+    data = write_prepared(synthetic_interactions(n_users=60, n_items=40, seed=2), tmp_path / "d", positive_threshold=1.0)
+    run = tmp_path / "run"
+    assert main(["--exp=m3s_tdlambda", "--data", str(data), "--run-dir", str(run), *USERS, "model.dim=16",
+                 "train.steps=2", "train.eval_every=2", "train.ckpt_every=2", "train.log_every=2"]) == 0
+    assert json.loads((run / "final.json").read_text())["updates"] == 2

@@ -473,7 +473,9 @@ def make_train(cfg: SQNConfig, network: SequenceNetwork):
             state, metrics = update(state, batch, k_update)
             return state, jax.tree.map(jnp.add, sums, metrics)
 
-        shapes = jax.eval_shape(update, state, jax.tree.map(lambda x: x[:n_chunks], data), base)[1]
+        # A batch always holds n_chunks chunks (drawn with replacement), even from fewer training chunks.
+        batch_shape = jax.tree.map(lambda x: jax.ShapeDtypeStruct((n_chunks,) + x.shape[1:], x.dtype), data)
+        shapes = jax.eval_shape(update, state, batch_shape, base)[1]
         sums = jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), shapes)
         state, sums = jax.lax.fori_loop(0, n_steps, body, (state, sums))
         return state, jax.tree.map(lambda x: x / jnp.maximum(n_steps, 1), sums)
