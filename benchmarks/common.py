@@ -44,7 +44,8 @@ def work_parent(flag: str, path) -> Path | None:
 
 
 def device() -> str:
-    """The ``device`` field of DESIGN.md 2.5 for a CPU run: processor model and usable cores."""
+    """The ``device`` field of a result line (docs/design.md, section 7) for a CPU run: processor model and
+    usable cores."""
     model = "unknown"
     try:
         with open("/proc/cpuinfo") as f:

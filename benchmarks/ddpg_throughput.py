@@ -33,7 +33,7 @@ Methodology
    which goes first each repeat, so that load from other processes hits all alike; reported numbers are
    MEDIANS of the per-repeat rates. The 1-minute load average is printed before and after each setting (a warning when other
    processes compete for the cores), with the processes' CPU seconds per step in ``notes``.
-5. Output: per setting one JSON line (DESIGN.md 2.5), ratio = ours / baseline (> 1: ours faster):
+5. Output: per setting one JSON line (docs/design.md, section 7), ratio = ours / baseline (> 1: ours faster):
    ``ddpg_env_steps_per_s_1user``, ``..._64users``, ``..._256users`` (the LAST line), with
    ``updates_per_s_ours`` (vectorised steps/s = updates/s), ``updates_per_s_baseline``, two load-robustness
    checks (``ratio_paired_median``: median over repeats of the ratio of the repeat's two rates;

@@ -26,7 +26,7 @@ Methodology
    time (interpreter start and the torch/transformers imports included) is reported as ``cli_wall_s``.
    This parent imports only the standard library: Linux counts a parent's RSS at spawn time in the
    child's ``ru_maxrss``; model building and timing run in a separate ``--measure`` subprocess.
-6. Output: the last line is one JSON object (DESIGN.md 2.5): ``feature_extraction_items_per_s``, ratio =
+6. Output: the last line is one JSON object (docs/design.md, section 7): ``feature_extraction_items_per_s``, ratio =
    ours / baseline (> 1 would mean ours is faster), plus ``peak_rss_gb``, ``cli_wall_s`` and the settings.
 """
 from __future__ import annotations
@@ -84,7 +84,7 @@ def build_assets(work: Path, n_items: int, plot_words: tuple[int, int], seed: in
     ids = rng.choice(10 * n_items, n_items, replace=False) + 1
     titles = [" ".join(rng.choice(words, rng.integers(1, 5))).title() + f" ({rng.integers(1930, 2001)})" for _ in ids]
     genres = ["|".join(rng.choice(GENRES, rng.integers(1, 4), replace=False)) for _ in ids]
-    data = work / "data"  # a prepared data dir (DESIGN.md 2.1): one user who rated every item
+    data = work / "data"  # a prepared data dir (docs/design.md, section 2): one user who rated every item
     data.mkdir()
     np.savez(data / "interactions.npz", user=np.zeros(n_items, np.int32), item=np.arange(n_items, dtype=np.int32),
              rating=np.full(n_items, 4, np.float32), order=np.arange(n_items, dtype=np.int64))

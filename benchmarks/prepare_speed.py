@@ -31,7 +31,7 @@ Methodology
      1e9 bytes). Caveat handled here: Linux counts the RSS of the process *before* ``exec`` in the
      child's ``ru_maxrss``, i.e. the parent's RSS at spawn time. That is why this parent imports only
      the standard library (~10 MB) and synthesises the data in a separate subprocess.
-5. Output: one JSON line per quantity in the format of DESIGN.md 2.5, ``ratio`` = baseline / ours (> 1
+5. Output: one JSON line per quantity in the format of docs/design.md, section 7, ``ratio`` = baseline / ours (> 1
    would mean ours is faster / leaner): ``prepare_peak_rss`` (GB) first, ``prepare_wall_time`` (s) last,
    plus a human line saying whether the targets hold (ours < 60 s and < 3 GB for 20M rows).
 6. The temp dir (CSV and prepared outputs) is removed at the end, also on failure or Ctrl-C.

@@ -18,7 +18,7 @@ Methodology
    parent imports only the standard library (~10 MB).
 4. Ours runs ``--repeats`` times (default 3; ``--quick`` 1), the baseline once (it takes minutes);
    reported numbers are MEDIANS. Wall times are printed for information (other processes may load the CPU).
-5. Output: one JSON line (DESIGN.md 2.5): ``m3s_peak_rss_gb``, ratio = baseline / ours (> 1: ours leaner);
+5. Output: one JSON line (docs/design.md, section 7): ``m3s_peak_rss_gb``, ratio = baseline / ours (> 1: ours leaner);
    the goal is ours < 1 GB.
 """
 from __future__ import annotations

@@ -26,7 +26,7 @@ Methodology
 5. Repeats (default 5; ``--quick`` 2; the published baseline at most 3 and 1) alternate ours and the baseline
    so load from other processes hits both alike; reported numbers are MEDIANS over repeats. The 1-minute
    load average is printed, with a warning when other processes compete for the cores.
-6. Output: one JSON line per setting (DESIGN.md 2.5), ratio > 1 = ours better: ``sqn_window_build_s``
+6. Output: one JSON line per setting (docs/design.md, section 7), ratio > 1 = ours better: ``sqn_window_build_s``
    (ratio = baseline / ours), ``sqn_train_samples_per_s_vs_published`` (goal >= 100),
    ``sqn_train_samples_per_s_chunk1_vs_fixed`` (informational) and, last, ``sqn_train_samples_per_s``
    (ours vs ``fixed``, goal >= 5).

@@ -4,7 +4,7 @@
   python benchmarks/to_readme.py [--readme README.md]               # table from benchmarks/results/*.txt
   python benchmarks/to_readme.py --results FILE_OR_DIR ...          # other results files (dirs: their *.txt)
 
-Every JSON line with a "metric" key in those files becomes a row (DESIGN.md 2.5 fields).
+Every JSON line with a "metric" key in those files becomes a row (fields of docs/design.md, section 7).
 """
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from jaxrec.errors import InputError
 
 RESULTS = Path(__file__).resolve().parent / "results"
 FIELDS = {"ours": (int, float), "baseline": (int, float), "ratio": (int, float), "unit": str, "device": str}
-"""The DESIGN.md 2.5 fields a row needs besides "metric"."""
+"""The fields a row needs besides "metric" (docs/design.md, section 7)."""
 
 
 def rows(results: Path | list[Path] = RESULTS) -> list[tuple[str, dict]]:
@@ -50,7 +50,7 @@ def rows(results: Path | list[Path] = RESULTS) -> list[tuple[str, dict]]:
                     bad = [k for k, kind in FIELDS.items() if not isinstance(rec.get(k), kind) or isinstance(rec.get(k), bool)]
                     if bad:
                         raise InputError(path, f"result {rec['metric']!r} lacks or has malformed {bad}; expected the "
-                                               "fields of DESIGN.md 2.5", line=lineno)
+                                               "fields of docs/design.md, section 7", line=lineno)
                     out.append((path.stem, rec))
     return out
 

@@ -1,5 +1,6 @@
 """Shell helpers shared by data_prep and experiments: error reporting, atomic output directories,
-hashing, robust table reading with line-numbered errors, and loading a prepared data directory.
+hashing, robust table reading with line-numbered errors (a prepared data directory is read by
+``jaxrec.data.prepared``).
 """
 from __future__ import annotations
 
@@ -332,4 +333,4 @@ def numeric_column(df: pd.DataFrame, col: str, label: str, header_lines: int, in
 
 
 # ----------------------------------------------------------------------------------------------------
-# Prepared data directory (DESIGN.md 2.1)
+# The prepared data directory format: docs/design.md, section 2 (reader: jaxrec.data.prepared)

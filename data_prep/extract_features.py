@@ -1,4 +1,4 @@
-"""Extracts per-item features of one modality into a features directory (DESIGN.md 2.2).
+"""Extracts per-item features of one modality into a features directory (docs/design.md, section 3).
 
   python data_prep/extract_features.py --data DIR --modality text|image|audio|meta
       --model HUB_ID_OR_PATH|tfidf-svd:DIM|metadata [--src MEDIA_DIR_OR_CSV] --out FEATURES_DIR

@@ -1,4 +1,4 @@
-"""Prepares interaction data into the directory format of DESIGN.md 2.1.
+"""Prepares interaction data into the prepared directory format (docs/design.md, section 2).
 
   python data_prep/prepare.py movielens --variant ml-100k|ml-1m|ml-10m|ml-20m|ml-25m [--src DIR_OR_ZIP] --out DIR
   python data_prep/prepare.py events --src events.csv --out DIR [--weights view=1,addtocart=3,transaction=5]
@@ -41,7 +41,8 @@ MOVIELENS_MD5 = {
     "ml-20m": "cd245b17a1ae2cc31bb14903e1204af3",
     "ml-25m": "6b51fb2759a8657d3bfcbfc42b592ada",
 }
-# sha256 of individual files known to be pristine (../shared/data/PROVENANCE.md).
+# sha256 of files of the official GroupLens ml-100k archive, as extracted from it; meta.json marks a
+# source with one of these digests "known_good".
 KNOWN_SHA256 = {
     "06416e597f82b7342361e41163890c81036900f418ad91315590814211dca490": "ml-100k/u.data",
     "553841ebc7de3a0fd0d6b62a204ea30c1e651aacfb2814c7a6584ac52f2c5701": "ml-100k/u.item",

@@ -1,4 +1,4 @@
-"""Runs an ablation grid of an experiment and tabulates it (DESIGN.md 2.3).
+"""Runs an ablation grid of an experiment and tabulates it (docs/design.md, section 4).
 
   python experiments/ablate.py --grid=lambda|nsteps|ssl|doubleq [--data DIR] [--out DIR] [--seed N] [--seeds N]
                                [--quick] [--set a.b=value ...] [--metrics hr@10,ndcg@10]

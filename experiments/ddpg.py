@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from experiments.progress import Bars
 from experiments.harness import Experiment
 from jaxrec import config as C
 from jaxrec.data.splits import EvalView, guard_model_input, guard_training_input, train_view
@@ -63,6 +64,8 @@ class DRRTrainer:
         self.sim_cfg = self.agent_cfg.sim_config(data.relevant_threshold)
         self.heldout = data.split.heldout_users
         self._init = self._train = None
+        self.bars = Bars(quiet=True)
+        """Progress bars for embedding pretraining (the harness sets its own)."""
 
     def _build(self, params: mf.MFParams):
         mf_arrays = None
@@ -88,8 +91,10 @@ class DRRTrainer:
     def fit_embeddings(self, key) -> mf.MFParams:
         """User and item embeddings pretrained on the training part (the item tower DRR acts on)."""
         train = guard_training_input(self.data.split, self.train_inter, "MF fitting")
-        return mf.fit_mf(key, train.user, train.item, train.rating,
-                         self.data.inter.n_users, self.data.inter.n_items, self.embed_cfg, self.data.item_pool())
+        with self.bars.bar(self.embed_cfg.epochs, "pretrain embeddings", unit="epoch") as bar:
+            return mf.fit_mf(key, train.user, train.item, train.rating, self.data.inter.n_users,
+                             self.data.inter.n_items, self.embed_cfg, self.data.item_pool(),
+                             on_epoch=lambda epoch, loss: (bar.update(1), bar.set_postfix(loss=f"{loss:.4f}")))
 
     def init(self, key):
         k_mf, k_agent = jax.random.split(key)

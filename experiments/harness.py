@@ -1,7 +1,7 @@
 """The experiment harness: data loading, the training/evaluation loop, run directories, checkpoints.
 
 This is shell code (files, logs, checkpoints); everything it calls on the device is a pure function of
-the experiment's trainer. The contract it implements is DESIGN.md 2.3.
+the experiment's trainer. The contract it implements is docs/design.md, section 4 (run directory, resume order).
 
 Loop and resume order (written down because resuming must give the same ``final.json``):
   1. ``config.json`` is written on first start; a later start must resolve to the identical config.
@@ -38,6 +38,7 @@ import jax
 import numpy as np
 
 from jaxrec.data.prepared import load_prepared
+from experiments.progress import Bars, log_line
 from jaxrec import config as C
 from jaxrec.data.interactions import Interactions
 from jaxrec.data.splits import EvalView, Split, eval_view, make_split
@@ -113,29 +114,36 @@ class Experiment:
 # Evaluation
 
 
-def evaluate(trainer: Trainer, state, data: Dataset, cfg: C.Config, part: str) -> tuple[dict, dict]:
+def evaluate(trainer: Trainer, state, data: Dataset, cfg: C.Config, part: str,
+             bars: Bars | None = None) -> tuple[dict, dict]:
     """({protocol: {metric: mean}}, {protocol: n_users}) on ``part``."""
     view = eval_view(data.inter, data.split, part, cfg.data.split.heldout_visible)
+    bars = bars or Bars(quiet=True)
     results, users = {}, {}
     for protocol in cfg.eval.protocols:
         custom = getattr(trainer, f"evaluate_{protocol}", None)
-        if custom is not None:
-            results[protocol], users[protocol] = custom(state, view, part)
-        elif protocol == "full":
-            results[protocol], users[protocol] = full_ranking(
-                trainer.score_fn(state, view), data.inter, view, data.relevant_threshold, cfg.eval.ks, cfg.eval.batch_users)
-        elif protocol == "drr":
-            # The model sees only the state items (as in the seed's protocol), so it is scored from them.
-            sv = state_rows(data.inter, view, cfg.eval.drr_n_state, data.split.heldout_users)
-            results[protocol], users[protocol] = drr_protocol(
-                trainer.score_fn(state, sv), data.inter, view, data.relevant_threshold, cfg.eval.drr_n_state,
-                data.split.heldout_users, cfg.eval.drr_ks, cfg.eval.drr_ideal, cfg.eval.batch_users)
-        elif protocol == "cold_start":
-            results[protocol], users[protocol] = cold_start(
-                trainer.score_fn(state, view), data.inter, view, data.relevant_threshold, data.split.cold_items,
-                cfg.eval.ks, cfg.eval.batch_users)
-        else:
-            raise ConfigError("eval.protocols", f"{type(trainer).__name__} has no evaluate_{protocol}")
+        on_batch, close = bars.counter(f"{part} {protocol}", "user")
+        try:
+            if custom is not None:
+                results[protocol], users[protocol] = custom(state, view, part)
+            elif protocol == "full":
+                results[protocol], users[protocol] = full_ranking(
+                    trainer.score_fn(state, view), data.inter, view, data.relevant_threshold, cfg.eval.ks,
+                    cfg.eval.batch_users, on_batch=on_batch)
+            elif protocol == "drr":
+                # The model sees only the state items (as in the seed's protocol), so it is scored from them.
+                sv = state_rows(data.inter, view, cfg.eval.drr_n_state, data.split.heldout_users)
+                results[protocol], users[protocol] = drr_protocol(
+                    trainer.score_fn(state, sv), data.inter, view, data.relevant_threshold, cfg.eval.drr_n_state,
+                    data.split.heldout_users, cfg.eval.drr_ks, cfg.eval.drr_ideal, cfg.eval.batch_users, on_batch)
+            elif protocol == "cold_start":
+                results[protocol], users[protocol] = cold_start(
+                    trainer.score_fn(state, view), data.inter, view, data.relevant_threshold, data.split.cold_items,
+                    cfg.eval.ks, cfg.eval.batch_users, on_batch)
+            else:
+                raise ConfigError("eval.protocols", f"{type(trainer).__name__} has no evaluate_{protocol}")
+        finally:
+            close()
     return results, users
 
 
@@ -263,8 +271,12 @@ class Checkpoints:
 # The loop
 
 
-def run_single(exp: Experiment, cfg: C.Config, run_dir: Path, data: Dataset, progress: Callable[[str], None] = print) -> dict:
-    """Trains and evaluates one seed in ``run_dir``; resumes from its last checkpoint if any."""
+def run_single(exp: Experiment, cfg: C.Config, run_dir: Path, data: Dataset, progress: Callable[[str], None] = log_line,
+               bars: Bars | None = None) -> dict:
+    """Trains and evaluates one seed in ``run_dir``; resumes from its last checkpoint if any.
+
+    ``bars`` draws progress bars on stderr (pretraining, training chunks, evaluation; default: none)."""
+    bars = bars or Bars(quiet=True)
     rd = RunDir(run_dir)
     rd.check(C.to_dict(cfg))
     if rd.final.exists():
@@ -273,6 +285,8 @@ def run_single(exp: Experiment, cfg: C.Config, run_dir: Path, data: Dataset, pro
     # The trainer is built before anything is written: a setup error (missing features, a bad
     # combination of settings) leaves no run directory behind to block the corrected command.
     trainer = exp.make_trainer(cfg, data)
+    if hasattr(trainer, "bars"):  # trainers with long steps of their own (e.g. embedding pretraining)
+        trainer.bars = bars
     rd.start(C.to_dict(cfg))
     state = trainer.init(jax.random.key(cfg.seed))
     tc = cfg.train
@@ -294,7 +308,7 @@ def run_single(exp: Experiment, cfg: C.Config, run_dir: Path, data: Dataset, pro
             return round(time.perf_counter() - t0, 3)
 
         def validate_and_select(state, best, best_val, step):
-            val, _ = evaluate(trainer, state, data, cfg, "val")
+            val, _ = evaluate(trainer, state, data, cfg, "val", bars)
             rd.log({"step": step, "wall_s": wall(), "val": val})
             progress(f"step {step}: val {_short(val)}")
             v = selection_value(val, cfg)
@@ -305,27 +319,33 @@ def run_single(exp: Experiment, cfg: C.Config, run_dir: Path, data: Dataset, pro
 
         if tc.steps == 0 and latest is None:
             best, best_val = validate_and_select(state, best, best_val, 0)
-        while step < tc.steps:
-            n = min(tc.log_every - step % tc.log_every, tc.eval_every - step % tc.eval_every,
-                    tc.ckpt_every - step % tc.ckpt_every, tc.steps - step)
-            state, logs = trainer.train(state, n)
-            step += n
-            bad = nonfinite(logs, state)
-            if bad:
-                # Nothing of the diverged chunk is logged or saved: the run directory ends at the last good
-                # checkpoint (the metrics past it are trimmed on resume, as after any interruption).
-                raise DivergedError(run_dir, step, bad, manager.latest())
-            last = step == tc.steps
-            if step % tc.log_every == 0 or last:
-                rd.log({"step": step, "wall_s": wall(), **{k: float(v) for k, v in logs.items()}, **trainer.counters(state)})
-            if step % tc.eval_every == 0 or last:
-                best, best_val = validate_and_select(state, best, best_val, step)
-            if step % tc.ckpt_every == 0 or last:
-                manager.save(step, _ckpt_tree(state, best, step, wall(), rd.n_lines(), best_val))
+        train_bar = bars.bar(tc.steps, f"train (seed {cfg.seed})", initial=step)
+        try:
+            while step < tc.steps:
+                n = min(tc.log_every - step % tc.log_every, tc.eval_every - step % tc.eval_every,
+                        tc.ckpt_every - step % tc.ckpt_every, tc.steps - step)
+                state, logs = trainer.train(state, n)
+                step += n
+                bad = nonfinite(logs, state)
+                if bad:
+                    # Nothing of the diverged chunk is logged or saved: the run directory ends at the last good
+                    # checkpoint (the metrics past it are trimmed on resume, as after any interruption).
+                    raise DivergedError(run_dir, step, bad, manager.latest())
+                train_bar.update(n)
+                last = step == tc.steps
+                if step % tc.log_every == 0 or last:
+                    rd.log({"step": step, "wall_s": wall(), **{k: float(v) for k, v in logs.items()}, **trainer.counters(state)})
+                if step % tc.eval_every == 0 or last:
+                    best, best_val = validate_and_select(state, best, best_val, step)
+                    train_bar.set_postfix({f"best val {cfg.eval.select}": f"{best_val:.4f}"})
+                if step % tc.ckpt_every == 0 or last:
+                    manager.save(step, _ckpt_tree(state, best, step, wall(), rd.n_lines(), best_val))
+        finally:
+            train_bar.close()
         if tc.steps == 0:
             manager.save(0, _ckpt_tree(state, best, 0, wall(), rd.n_lines(), best_val))
-        val, val_users = evaluate(trainer, best, data, cfg, "val")
-        test, test_users = evaluate(trainer, best, data, cfg, "test")
+        val, val_users = evaluate(trainer, best, data, cfg, "val", bars)
+        test, test_users = evaluate(trainer, best, data, cfg, "test", bars)
         groups = {part: evaluate_groups(trainer, best, data, cfg, part) for part in ("val", "test")}
     finally:
         manager.close()
@@ -445,7 +465,11 @@ def _release_compiled():
     release_freed_memory()
 
 
-def run_experiment(exp: Experiment, cfg: C.Config, run_dir: Path, n_seeds: int = 1, progress=print) -> dict:
+def run_experiment(exp: Experiment, cfg: C.Config, run_dir: Path, n_seeds: int = 1, progress=log_line,
+                   quiet: bool = True) -> dict:
+    """Runs ``n_seeds`` seeds into ``run_dir`` (one seed: the directory itself; more: ``seedS/`` each plus
+    the aggregate); progress bars on stderr unless ``quiet`` (or ``$CI``)."""
+    bars = Bars(quiet)
     if cfg.devices > jax.local_device_count():
         raise ConfigError("--devices", f"{cfg.devices} requested but only {jax.local_device_count()} local devices exist")
     if cfg.devices > exp.max_devices:
@@ -458,7 +482,7 @@ def run_experiment(exp: Experiment, cfg: C.Config, run_dir: Path, n_seeds: int =
                                             "set data.split.cold_items (e.g. 0.2)")
     data = load_dataset(cfg)
     if n_seeds == 1:
-        final = run_single(exp, cfg, run_dir, data, progress)
+        final = run_single(exp, cfg, run_dir, data, progress, bars)
         _release_compiled()
         return final
     rd = RunDir(run_dir)
@@ -468,7 +492,7 @@ def run_experiment(exp: Experiment, cfg: C.Config, run_dir: Path, n_seeds: int =
     finals = []
     for s in range(cfg.seed, cfg.seed + n_seeds):
         progress(f"seed {s}")
-        finals.append(run_single(exp, dataclasses.replace(cfg, seed=s), run_dir / f"seed{s}", data, progress))
+        finals.append(run_single(exp, dataclasses.replace(cfg, seed=s), run_dir / f"seed{s}", data, progress, bars))
         _release_compiled()
     rd.start({**C.to_dict(cfg), "seeds": n_seeds})
     rd.truncate(0)

@@ -98,7 +98,9 @@ class MMDRRTrainer(ddpg_exp.DRRTrainer):
         return embed.mf_view()
 
     def fit_embeddings(self, key) -> mf.MFParams:
-        return mm.fit(key, self.mf_data, self.features, self.data.inter.n_users, self.mm)
+        with self.bars.bar(self.mm.epochs, "pretrain embeddings", unit="epoch") as bar:
+            return mm.fit(key, self.mf_data, self.features, self.data.inter.n_users, self.mm,
+                          on_epoch=lambda epoch, loss: (bar.update(1), bar.set_postfix(loss=f"{loss:.4f}")))
 
 
 def mf_multimodal_config() -> C.Config:

@@ -1,4 +1,4 @@
-"""Runs a registered experiment (DESIGN.md 2.3).
+"""Runs a registered experiment (docs/design.md, section 4).
 
   python experiments/run.py --exp=NAME [--data DIR] [--features DIR] [--run-dir DIR] [--seed N]
                             [--seeds N] [--devices N] [--quick] [--set a.b=value ...]
@@ -30,6 +30,7 @@ def build_parser():
     p.add_argument("--quick", action="store_true", help="tiny but real configuration (smoke test)")
     p.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE", help="config overrides")
     p.add_argument("--show-config", action="store_true", help="print every config key with its doc and exit")
+    p.add_argument("--quiet", action="store_true", help="no progress bars (also when $CI is set)")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     return p
 
@@ -72,7 +73,7 @@ def main_args(argv):
     suffix = "-quick" if args.quick else ""
     seeds = f"seed{cfg.seed}" if args.seeds == 1 else f"seeds{cfg.seed}-{cfg.seed + args.seeds - 1}"
     run_dir = Path(args.run_dir) if args.run_dir else Path("runs") / f"{exp.name}{suffix}" / seeds
-    final = run_experiment(exp, cfg, run_dir, args.seeds)
+    final = run_experiment(exp, cfg, run_dir, args.seeds, quiet=args.quiet)
     print(f"run directory: {run_dir}  (final.json: test {final['test']})")
 
 

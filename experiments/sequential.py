@@ -11,7 +11,8 @@ protocol, reported under the protocol name ``next_item`` (full-catalogue ranking
 * items the user interacted with before the target are excluded (``model.exclude_seen``; a query whose
   target was itself seen before cannot be ranked then, and is left out);
 * HR@K and NDCG@K (one relevant item, so NDCG = 1/log2(rank + 2)), plus precision/recall, averaged over
-  queries, as the seed (SEEDS_SPEC B5, with its x0 masking and test-set selection fixed) and the SQN
+  queries, as the seed (m3s-eval-protocol; its x0 masking and test-set selection fixed: m3s-eval-mask,
+  m3s-model-selection) and the SQN
   papers do. Model selection uses the validation part only.
 
 It is not the harness's ``full`` protocol (one query per user, every later interaction relevant), hence

@@ -1,7 +1,7 @@
 """Typed experiment configs: dataclasses with a docstring per field, dotted overrides, validation.
 
 Each field is followed by a string literal documenting it (CleanRL style); ``field_docs`` reads those
-back from the source so ``run.py --exp=NAME --help-config`` and error messages can show them.
+back from the source so ``run.py --exp=NAME --show-config`` and error messages can show them.
 ``apply_overrides(cfg, ["train.steps=100", ...])`` parses each value by the field's declared type and
 raises ``ConfigError`` naming the key, the expected type and, for an unknown key, the valid keys.
 """

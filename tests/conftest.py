@@ -6,6 +6,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import pytest
+
 ALLOWED = Path(os.environ.get("JAXREC_ALLOWED_SKIPS", Path(__file__).resolve().parents[1] / ".ci" / "allowed_skips.txt"))
 _skipped: list[tuple[str, str]] = []
 
@@ -40,3 +42,10 @@ def pytest_sessionfinish(session, exitstatus):
             reporter.write_line("")
             reporter.write_line("\n".join(lines), red=True)
         session.exitstatus = 1
+
+
+@pytest.fixture(autouse=True)
+def _no_progress_bars(monkeypatch):
+    """Tests read stderr line by line: progress bars (experiments/progress.py) are off unless a test turns
+    them on, as they are for CI."""
+    monkeypatch.setenv("CI", "1")

@@ -22,7 +22,7 @@ VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", ".", ",", "(", ")", "toy"
 
 
 def make_data_dir(root: Path, items: pd.DataFrame = ITEMS, name: str = "synthetic") -> Path:
-    """A prepared data directory (DESIGN.md 2.1) whose items.csv carries ``items``."""
+    """A prepared data directory (docs/design.md, section 2) whose items.csv carries ``items``."""
     n = len(items)
     rows = [(u, i, 4.0, t) for t, (u, i) in enumerate((u, i) for u in range(3) for i in range(n) if (u + i) % 2 == 0)]
     out = write_prepared(make_interactions(rows, n_users=3, n_items=n), Path(root), name=name)

@@ -35,7 +35,7 @@ def synthetic_interactions(n_users=60, n_items=40, per_user=(12, 30), seed=0) ->
 
 
 def write_prepared(inter: Interactions, out: Path, name="synthetic", positive_threshold=4.0) -> Path:
-    """Writes ``inter`` as a prepared data directory (DESIGN.md 2.1)."""
+    """Writes ``inter`` as a prepared data directory (docs/design.md, section 2)."""
     out.mkdir(parents=True, exist_ok=True)
     arrays = dict(user=inter.user, item=inter.item, rating=inter.rating, order=inter.order)
     if inter.event is not None:
@@ -53,7 +53,7 @@ def write_prepared(inter: Interactions, out: Path, name="synthetic", positive_th
 
 
 def write_features(features_dir: Path, data_dir: Path, modalities: dict) -> Path:
-    """A valid features directory (DESIGN.md 2.2) for ``data_dir``: ``modalities`` maps a name to
+    """A valid features directory (docs/design.md, section 3) for ``data_dir``: ``modalities`` maps a name to
     ``(array [I, d] float32, mask [I] bool, kind)``; masked-out rows are zeroed."""
     import hashlib
 

@@ -8,6 +8,7 @@ import pytest
 
 from jaxrec.embed import mf
 from jaxrec.errors import ConfigError
+from tests.helpers import synthetic_interactions
 
 N_USERS, N_ITEMS, RANK = 40, 30, 2
 
@@ -217,3 +218,16 @@ def test_config_validation():
         mf.prepare_data(np.zeros(1), np.zeros(1), np.ones(1), 1, 1, mf.MFConfig())  # bce without threshold
     with pytest.raises(ConfigError):
         mf.MFConfig(dim=0).validate()
+
+
+def test_fit_one_epoch_per_call_for_a_progress_bar_gives_the_same_parameters():
+    """``on_epoch`` (the shell's progress bar) splits the fit into one-epoch calls: bit-identical parameters."""
+    inter = synthetic_interactions(n_users=40, n_items=30)
+    cfg = mf.MFConfig(dim=8, epochs=3, positive_threshold=4.0)
+    args = (inter.user, inter.item, inter.rating, inter.n_users, inter.n_items, cfg)
+    seen = []
+    whole = mf.fit_mf(jax.random.key(0), *args)
+    split = mf.fit_mf(jax.random.key(0), *args, on_epoch=lambda epoch, loss: seen.append(epoch))
+    assert seen == [1, 2, 3]
+    for a, b in zip(jax.tree.leaves(whole), jax.tree.leaves(split)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

@@ -1,4 +1,4 @@
-"""Tests for data_prep/extract_features.py (DESIGN.md 2.2) and data_prep/encoders.py.
+"""Tests for data_prep/extract_features.py (docs/design.md, section 3) and data_prep/encoders.py.
 
 Tiny random-weight BERT / ViT / AST checkpoints are saved to a temp dir once per module and loaded BY
 PATH through the real ``from_pretrained``. Expected rows are recomputed here directly from the same

@@ -1,4 +1,4 @@
-"""Tests for data_prep/prepare.py (DESIGN.md 2.1 and 2.2).
+"""Tests for data_prep/prepare.py (docs/design.md, section 2).
 
 Tiny hand-made inputs are written into tmp_path and every expected array is worked out by hand in
 the comments. The CLI runs in-process (``main([...])``) with capsys reading stderr; one subprocess

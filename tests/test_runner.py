@@ -295,3 +295,21 @@ def test_cli_subprocess_prints_no_traceback(tmp_path):
                           "--run-dir", str(tmp_path / "r")], cwd=REPO, capture_output=True, text=True)
     assert res.returncode == 2
     assert res.stderr.startswith("error: --set bogus: unknown key") and "Traceback" not in res.stderr
+
+
+def test_progress_bars_on_stderr_unless_quiet_or_ci(data_dir, tmp_path, capsys, monkeypatch):
+    """Pretraining, training chunks (rate, ETA, best validation metric) and evaluation draw bars on stderr; the
+    log lines on stdout and the results are the same with and without them."""
+    monkeypatch.delenv("CI", raising=False)
+    args = ["--exp=ddpg_id", "--quick", "--data", str(data_dir)]
+    rc, out, err = _run(args + ["--run-dir", str(tmp_path / "bars")], capsys)
+    assert rc == 0
+    for bar in ("pretrain embeddings", "train (seed 0)", "best val ndcg@10=", "val drr", "test full", "step/s"):
+        assert bar in err, bar
+    rc, out_quiet, err_quiet = _run(args + ["--run-dir", str(tmp_path / "quiet"), "--quiet"], capsys)
+    assert rc == 0 and err_quiet == ""
+    assert _final_without_wall(tmp_path / "bars")["test"] == _final_without_wall(tmp_path / "quiet")["test"]
+    from experiments.progress import Bars
+
+    monkeypatch.setenv("CI", "1")
+    assert Bars(quiet=False).quiet and Bars(quiet=False).bar(3, "x").disable

@@ -1,4 +1,5 @@
-"""The offline simulator against hand-worked episodes (SEEDS_SPEC A3 rules, bugs fixed)."""
+"""The offline simulator against hand-worked episodes (the seed's rules with its bugs fixed:
+docs/differences.md, DRR table)."""
 import jax
 import jax.numpy as jnp
 import numpy as np

@@ -162,7 +162,7 @@ def test_self_supervision_has_gradients():
         batch = one_batch(cfg)
         keys = jax.random.split(jax.random.key(0), 4)
         grads = jax.jit(jax.grad(lambda p: make_losses(cfg, net)(p, p, batch, keys)[0]))(params)
-        assert float(jnp.abs(grads["params"]["sup_w"]).sum()) > 0  # the seed's term had none (B6.3)
+        assert float(jnp.abs(grads["params"]["sup_w"]).sum()) > 0  # the seed's term had none (m3s-ssl)
         assert float(jnp.abs(grads["params"]["item_embedding"]).sum()) > 0
 
 

@@ -4,7 +4,8 @@
 
 What it is
 ----------
-A seed-style (MinwooPark96/ddpgRLRS, SEEDS_SPEC.md A3/A5) PyTorch eager implementation of the SAME algorithm,
+A seed-style (https://github.com/MinwooPark96/ddpgRLRS; simulator and DDPG as in docs/differences.md)
+PyTorch eager implementation of the SAME algorithm,
 sizes and simulator rules as ``jaxrec.rl.ddpg`` at its ``DDPGConfig`` defaults, so that the benchmark
 compares two implementations of one computation, not two algorithms:
 
@@ -33,9 +34,10 @@ compares two implementations of one computation, not two algorithms:
 
 How it differs from the seed's code (deliberately, so that the algorithm is the one ``jaxrec`` runs)
 ------------------------------------------------------------------------------------------------
-* Bugs of SEEDS_SPEC.md A7 fixed as in jaxrec: priorities from the TD error (not the target) and alpha
-  applied once (A7.6); per-sample IS weights (no B x B broadcast, A7.7); actor gradient at mu(s), not
-  at the stored action (A7.8); top-k in descending order (A7.9); done uses the right user's count (A7.4).
+* The seed's bugs fixed as in jaxrec (rows of docs/differences.md): priorities from the TD error (not the
+  target) and alpha applied once (drr-per-priority); per-sample IS weights (no B x B broadcast,
+  drr-is-weights); actor gradient at mu(s), not at the stored action (drr-actor-grad); top-k in
+  descending order (drr-topk-order); done uses the right user's count (drr-done-index).
 * The state module is learned (jaxrec's default ``srm="ave"``) instead of the seed's fixed weights, so
   the replay stores (user, item ids, action, reward, next item ids, done) and the networks gather the
   embeddings and compute the state inside the update (as jaxrec does), instead of storing precomputed
@@ -377,7 +379,7 @@ class DDPGAgent:
 class SeedStyleEnv(OfflineEnv):
     """``OfflineEnv`` recommending as the seed does: a Python set of recommended ids, the candidate id array
     rebuilt from it every step, every candidate scored and argsorted (``recommender.py:171-191``, in descending
-    order: A7.9 fixed)."""
+    order: drr-topk-order fixed)."""
 
     def reset(self, user: int | None = None):
         out = super().reset(user)

@@ -1,13 +1,15 @@
-"""Seed-style PyTorch eager baselines of M3S-RLRec training (SEEDS_SPEC B), for the benchmarks only.
+"""Seed-style PyTorch eager baselines of M3S-RLRec training (docs/differences.md, M3S table), for the
+benchmarks only.
 
-Written from the seed's description (bingren84/M3S-RLRec @86a12a6, SEEDS_SPEC B1-B6); no code copied.
+Written from the seed's description (https://github.com/bingren84/M3S-RLRec @86a12a6, as summarised in
+docs/differences.md); no code copied.
 One Python iteration per batch, every network call a separate eager forward, as the seed does.
 
 Two variants of the training step:
 
 * ``published``: the seed as published. ``TransformerDQN``: item embedding + learned positional embedding,
   one ``nn.TransformerEncoderLayer(d=64, 1 head, dropout 0.1)`` with PyTorch's default feed-forward width
-  2048 and WITHOUT ``batch_first`` (so attention runs across the batch, B6.1), a final LayerNorm, mean
+  2048 and WITHOUT ``batch_first`` (so attention runs across the batch, m3s-batch-first), a final LayerNorm, mean
   pooling, heads ``fc`` (logits) and ``fc2`` (Q). Per batch: a coin picks the main network; CE on the main
   network's logits; the seed's λ-return loop (for each of the n next states: target Q, main Q for the
   argmax, and, except for the last, the target's logits for its discarded self-supervised term), the
@@ -55,7 +57,7 @@ SEED_DEFAULTS = {"d": 64, "heads": 1, "layers": 1, "dropout": 0.1, "gamma": 0.5,
 
 def seed_windows(user: np.ndarray, item: np.ndarray, rating: np.ndarray, order: np.ndarray, users, state_dim: int,
                  n_steps: int) -> list:
-    """The seed's experiences (B1): per user a pandas filter + time sort, per window ``iloc`` slices.
+    """The seed's experiences (m3s-windows): per user a pandas filter + time sort, per window ``iloc`` slices.
 
     Only full windows with a full n-step lookahead exist (i = 0..len - L - n); ``dones`` are all True
     for a user's last window, else all False. Returns the seed's list of tuples.
@@ -99,7 +101,7 @@ class SeedDataset(torch.utils.data.Dataset):
 
 
 class SeedTransformerDQN(nn.Module):
-    """The seed's model as published (B2): no batch_first, FF 2048, mean pooling, no mask."""
+    """The seed's model as published (m3s-encoder): no batch_first, FF 2048, mean pooling, no mask."""
 
     def __init__(self, n_tokens: int, state_dim: int, n_actions: int, d: int = 64, heads: int = 1, layers: int = 1,
                  dropout: float = 0.1):
@@ -113,7 +115,7 @@ class SeedTransformerDQN(nn.Module):
 
     def encode(self, x):
         positions = torch.arange(x.shape[1], device=x.device).unsqueeze(0).expand_as(x)
-        # [B, L, d] read as (sequence, batch, feature): attention spans the batch (the seed's bug B6.1).
+        # [B, L, d] read as (sequence, batch, feature): attention spans the batch (the seed's bug m3s-batch-first).
         return self.encoder(self.embedding(x) + self.positional(positions)).mean(dim=1)
 
     def logits_and_state(self, x):
@@ -151,7 +153,7 @@ class FixedDQN(nn.Module):
 
 
 def published_lambda_return(rewards, next_states, dones, main, target, gamma, lam, max_n):
-    """The seed's λ-return (B4), its weights and bootstrap powers included; also runs (and discards) the
+    """The seed's λ-return (m3s-lambda-return), its weights and bootstrap powers included; also runs (and discards) the
     seed's self-supervised forward passes."""
     with torch.no_grad():
         n_step = torch.zeros_like(rewards)
@@ -199,7 +201,7 @@ class PublishedStep:
         returns, _ = published_lambda_return(rewards, ns, dones, main, target, cfg["gamma"], cfg["lam"], ns.shape[0])
         acts = actions.tolist()
         negatives = []
-        for index in range(states.shape[0]):  # drawn and never used (B6.4)
+        for index in range(states.shape[0]):  # drawn and never used (m3s-negatives)
             chosen = []
             for _ in range(cfg["neg"]):
                 a = int(self.rng.integers(self.n_items))
@@ -308,7 +310,7 @@ def fixed_batch(arrays, idx) -> dict[str, torch.Tensor]:
 
 
 def full_window_rows(arrays) -> np.ndarray:
-    """Transitions the seed has: a full state window and a full n-step lookahead (B1)."""
+    """Transitions the seed has: a full state window and a full n-step lookahead (m3s-windows)."""
     return np.flatnonzero((arrays["state"] != arrays["pad"]).all(1) & arrays["valid"].all(1))
 
 

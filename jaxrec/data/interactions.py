@@ -1,7 +1,7 @@
 """The ``Interactions`` container: one row per logged (user, item) event, sorted by (user, order).
 
 Host-side numpy arrays: splitting and windowing index into them; models receive device arrays built
-from them. The on-disk form is ``interactions.npz`` of DESIGN.md 2.1 (read by ``data_prep.common``).
+from them. The on-disk form is ``interactions.npz`` (docs/design.md, section 2; read by ``jaxrec.data.prepared``).
 """
 from __future__ import annotations
 

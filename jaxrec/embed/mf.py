@@ -6,10 +6,11 @@ per epoch, on TRAINING interactions only (callers pass ``train_view`` rows; see
 
     z(u, i) = a * <U_u, M_i> + c + b_u + b_i                                                   (1)
 
-``bce`` (the DRR seed's embedding recipe, SEEDS_SPEC A2, made leak-free): positives P are training pairs
-with rating >= ``positive_threshold``; each positive (u, i) is paired with ``n_negatives`` items j drawn
-uniformly from the items u has NOT rated positive; z = a <U_u, M_i> + c is the seed's Dense(1) on the
-dot product (b_u = b_i = 0, untrained, so popularity stays inside the embeddings that DRR consumes).
+``bce`` (the DRR seed's embedding recipe made leak-free, docs/differences.md#drr-embed-recipe and
+#drr-embed-leak): positives P are training pairs with rating >= ``positive_threshold``; each positive
+(u, i) is paired with ``n_negatives`` items j drawn uniformly from the items u has NOT rated positive;
+z = a <U_u, M_i> + c is the seed's Dense(1) on the dot product (b_u = b_i = 0, untrained, so popularity
+stays inside the embeddings that DRR consumes).
 Per-positive loss, minimised as a minibatch mean:
 
     l_bce = softplus(-z(u,i)) + sum_k softplus(z(u,j_k))
@@ -55,7 +56,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-from typing import Literal, NamedTuple
+from typing import Callable, Literal, NamedTuple
 
 import chex
 import jax
@@ -433,12 +434,20 @@ def train_epochs(params: MFParams, opt_state, key: jax.Array, first_epoch, n_epo
 
 
 def fit_mf(key: jax.Array, user, item, rating, n_users: int, n_items: int, cfg: MFConfig,
-           pool: np.ndarray | None = None) -> MFParams:
-    """Fits eq. (2) or (3) on the given (training) rows for ``cfg.epochs`` epochs (``pool``: prepare_data)."""
+           pool: np.ndarray | None = None, on_epoch: Callable[[int, float], None] | None = None) -> MFParams:
+    """Fits eq. (2) or (3) on the given (training) rows for ``cfg.epochs`` epochs (``pool``: prepare_data).
+
+    ``on_epoch(epoch, loss)`` (the shell's progress bar) makes the fit run one epoch per call, which gives
+    the same parameters (every draw comes from ``fold_in(key, step)``; ``train_epochs``)."""
     data = prepare_data(user, item, rating, n_users, n_items, cfg, pool)
     k_init, k_train = jax.random.split(key)
     params = init_params(k_init, data, n_users, cfg)
-    params, _, _ = train_epochs(params, make_optimizer(cfg).init(params), k_train, 0, cfg.epochs, data, cfg)
+    opt = make_optimizer(cfg).init(params)
+    if on_epoch is None:
+        return train_epochs(params, opt, k_train, 0, cfg.epochs, data, cfg)[0]
+    for epoch in range(cfg.epochs):
+        params, opt, loss = train_epochs(params, opt, k_train, epoch, 1, data, cfg)
+        on_epoch(epoch + 1, float(loss))
     return params
 
 

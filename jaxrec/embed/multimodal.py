@@ -1,4 +1,4 @@
-"""Multimodal user/item embeddings: the seed's ``UserMovieMultiModalEmbedding`` (SEEDS_SPEC A2), trained.
+"""Multimodal user/item embeddings: the seed's ``UserMovieMultiModalEmbedding`` (drr-mm-training), trained.
 
 The seed concatenates an ID part and a multimodal part on both sides (64 + 64 = 128) and never published
 how either was trained. Here both parts are fitted jointly, on the training part only, by the same
@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Literal, NamedTuple
+from typing import Callable, Literal, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -240,11 +240,19 @@ def to_mf_params(params: MMParams, features: ItemFeatures, data: mf.MFData, cfg:
     return mf.with_prior(out, data.replace(in_pool=jnp.ones_like(data.in_pool)), cfg.objective)
 
 
-def fit(key: jax.Array, data: mf.MFData, features: ItemFeatures, n_users: int, cfg: MMConfig) -> mf.MFParams:
-    """Fits eq. (6) for ``cfg.epochs`` epochs and returns it as ``MFParams``."""
+def fit(key: jax.Array, data: mf.MFData, features: ItemFeatures, n_users: int, cfg: MMConfig,
+        on_epoch: Callable[[int, float], None] | None = None) -> mf.MFParams:
+    """Fits eq. (6) for ``cfg.epochs`` epochs and returns it as ``MFParams``. ``on_epoch(epoch, loss)`` (a
+    progress bar) makes it run one epoch per call: the same parameters, as in ``mf.fit_mf``."""
     k_init, k_train = jax.random.split(key)
     params = init_params(k_init, data, features, n_users, cfg)
-    params, _, _ = train_epochs(params, make_optimizer(cfg).init(params), k_train, 0, cfg.epochs, data, features, cfg)
+    opt = make_optimizer(cfg).init(params)
+    if on_epoch is None:
+        params = train_epochs(params, opt, k_train, 0, cfg.epochs, data, features, cfg)[0]
+    else:
+        for epoch in range(cfg.epochs):
+            params, opt, loss = train_epochs(params, opt, k_train, epoch, 1, data, features, cfg)
+            on_epoch(epoch + 1, float(loss))
     return to_mf_params(params, features, data, cfg)
 
 

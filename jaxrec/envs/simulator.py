@@ -2,19 +2,19 @@
 
 The simulator replays logged ratings: recommending an item the user rated yields a reward from that
 rating, anything else a fixed penalty (the seed) or the MF-predicted rating (the paper's simulator).
-``reset`` and ``step`` act on ONE user; batches are ``jax.vmap(step, in_axes=(None, 0, 0, None))`` at
-the call site. The rules follow the seed (SEEDS_SPEC.md A3) with its bugs fixed:
+``reset`` and ``step`` act on ONE user; batches are ``jax.vmap(step, in_axes=(None, None, 0, 0, None))`` at
+the call site. The rules follow the seed (docs/differences.md, DRR table) with its bugs fixed:
 
 * reset: the state is the first ``n_state`` items of the user's visible history (any rating, as the
   seed; ``positives`` only by option); those items count as already recommended.
 * step: an action ``a`` scores every item by ``<item_repr_i, a>``; the best ``k`` items not yet
-  recommended are recommended, in DESCENDING score order (the seed used ascending order, A7.9).
+  recommended are recommended, in DESCENDING score order (the seed used ascending order, drr-topk-order).
 * reward per item: (rating - 3) / 2 if the user rated it, else ``unrated_reward`` (-0.5, seed) or the
   MF-predicted rating mapped the same way; the step's reward is the sum over the k items (seed).
 * state update: positively rewarded items are appended (most relevant first) and the same number of
   oldest items dropped. ``faithful`` appends every rated hit when any reward is positive (seed).
 * done: after ``horizon`` steps, or once the user's number of positives has been recommended (seed:
-  ``len(recommended) >= #positives``, with the off-by-one user index fixed, A7.4), or when fewer than
+  ``len(recommended) >= #positives``, with the off-by-one user index fixed, drr-done-index), or when fewer than
   ``k`` candidates remain.
 """
 from __future__ import annotations

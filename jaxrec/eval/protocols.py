@@ -6,7 +6,7 @@ visible history (``EvalView.context``); relevant = the user's target interaction
 Scores come from ``score_fn(users, context_mask) -> [B, I]``; users are processed in fixed-size
 batches (the last one padded) so ``topk_metrics`` compiles once.
 
-``drr`` (the DRR seed's offline protocol, SEEDS_SPEC.md A6, made leak-free): each evaluated user's
+``drr`` (the DRR seed's offline protocol, made leak-free: docs/differences.md#drr-eval-protocol): each evaluated user's
 state is ``n_state`` items of the visible history (held-out users: their first ``n_state`` items; temporal
 splits: the last ``n_state`` visible items); users with fewer visible items are skipped. The agent makes
 ONE top-K recommendation from that state over every item except the ``n_state`` state items (the seed's
@@ -49,12 +49,14 @@ def rows_to_mask(batch_users: np.ndarray, row_user: np.ndarray, row_item: np.nda
 
 def full_ranking(score_fn: ScoreFn, inter: Interactions, view: EvalView, relevant_threshold: float,
                  ks: tuple[int, ...], batch_users: int = 1024, ideal: str = "true",
-                 candidates: np.ndarray | None = None) -> tuple[dict[str, float], int]:
+                 candidates: np.ndarray | None = None,
+                 on_batch: Callable[[int, int], None] | None = None) -> tuple[dict[str, float], int]:
     """Mean metrics of the ``full`` protocol and the number of users they average over.
 
     ``ideal="k"`` rescales NDCG@K to the seed's variant: DCG / IDCG(K), i.e. as if K items were relevant.
     ``candidates`` (bool [I], default all): only these items may be ranked, and only targets among them
     count as relevant; ``score_fn`` still receives the visible-history mask as its context.
+    ``on_batch(users_done, users_total)`` is called after every user batch (the shell's progress bar).
     """
     if ideal not in ("true", "k"):
         raise ValueError(f"ideal must be 'true' or 'k', got {ideal!r}")
@@ -89,6 +91,8 @@ def full_ranking(score_fn: ScoreFn, inter: Interactions, view: EvalView, relevan
             ok = ~np.isnan(v)
             sums[name] = sums.get(name, 0.0) + float(v[ok].sum())
             counts[name] = counts.get(name, 0) + int(ok.sum())
+        if on_batch is not None:
+            on_batch(start + n_real, len(users))
     means = {name: sums[name] / counts[name] if counts[name] else float("nan") for name in sorted(sums)}
     return means, int(len(users))
 
@@ -112,15 +116,16 @@ def state_rows(inter: Interactions, view: EvalView, n_state: int, heldout_users:
 
 def drr_protocol(score_fn: ScoreFn, inter: Interactions, view: EvalView, relevant_threshold: float,
                  n_state: int, heldout_users: bool, ks: tuple[int, ...] = (5, 10), ideal: str = "true",
-                 batch_users: int = 1024) -> tuple[dict[str, float], int]:
+                 batch_users: int = 1024, on_batch=None) -> tuple[dict[str, float], int]:
     """The ``drr`` protocol (module docstring): precision@K and NDCG@K of one top-K step per user."""
     sv = state_rows(inter, view, n_state, heldout_users)
-    means, n_users = full_ranking(score_fn, inter, sv, relevant_threshold, ks, batch_users, ideal)
+    means, n_users = full_ranking(score_fn, inter, sv, relevant_threshold, ks, batch_users, ideal, on_batch=on_batch)
     return {k: v for k, v in means.items() if k.startswith(("precision@", "ndcg@"))}, n_users
 
 
 def cold_start(score_fn: ScoreFn, inter: Interactions, view: EvalView, relevant_threshold: float,
-               cold_items: np.ndarray, ks: tuple[int, ...], batch_users: int = 1024) -> tuple[dict[str, float], int]:
+               cold_items: np.ndarray, ks: tuple[int, ...], batch_users: int = 1024,
+               on_batch=None) -> tuple[dict[str, float], int]:
     """The ``cold_start`` protocol (module docstring): rank the held-out items only."""
     if len(cold_items) == 0:
         raise ValueError("cold_start needs items held out of training (data.split.cold_items > 0)")
@@ -128,4 +133,5 @@ def cold_start(score_fn: ScoreFn, inter: Interactions, view: EvalView, relevant_
         raise ValueError(f"cut-off {max(ks)} exceeds the {len(cold_items)} cold-start items")
     candidates = np.zeros(inter.n_items, bool)
     candidates[cold_items] = True
-    return full_ranking(score_fn, inter, view, relevant_threshold, ks, batch_users, candidates=candidates)
+    return full_ranking(score_fn, inter, view, relevant_threshold, ks, batch_users, candidates=candidates,
+                        on_batch=on_batch)

@@ -1,4 +1,4 @@
-"""Reading a features directory (DESIGN.md 2.2): per-item modality features cached by
+"""Reading a features directory (docs/design.md, section 3): per-item modality features cached by
 ``data_prep/extract_features.py``, checked against the prepared data they belong to.
 
 A features directory holds, per modality NAME, ``NAME.npy`` (float32 ``[n_items, d]``, rows in the

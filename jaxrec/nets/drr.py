@@ -8,7 +8,7 @@ State representation (paper section 3.3; ``h_l`` = embedding of the l-th state i
 * ``p`` (DRR-p): ``s = [h_1..h_N, {w_a h_a * w_b h_b}_{a<b}]`` (pairwise item products).
 * ``u`` (DRR-u): ``s = [{u * w_l h_l}_l, {w_a h_a * w_b h_b}_{a<b}]`` (user-item plus item-item).
 * ``fixed_ave``: the seed's DRR-ave with frozen weights 0.19, 0.17, ..., 0.01 on positions 0..9
-  (oldest first, SEEDS_SPEC A4), kept to reproduce it; the learned modules are the corrected default.
+  (oldest first; docs/differences.md#drr-srm), kept to reproduce it; the learned modules are the corrected default.
 """
 from __future__ import annotations
 
@@ -58,7 +58,7 @@ class StateRepr(nn.Module):
 
 
 class Actor(nn.Module):
-    """s -> h ReLU -> h ReLU -> d tanh (the seed's actor, A5); d = item representation size."""
+    """s -> h ReLU -> h ReLU -> d tanh (the seed's actor, drr-hyperparameters); d = item representation size."""
 
     action_dim: int
     hidden: int = 128
@@ -73,7 +73,7 @@ class Actor(nn.Module):
 
 
 class Critic(nn.Module):
-    """Q(s, a): s -> d ReLU, concat a -> h ReLU -> h ReLU -> 1 (the seed's critic, A5).
+    """Q(s, a): s -> d ReLU, concat a -> h ReLU -> h ReLU -> 1 (the seed's critic, drr-hyperparameters).
 
     The critic owns its own state-representation module, learned by the TD loss (the actor's is learned
     by the policy gradient); sharing one would let the actor's objective reshape the critic's input.

@@ -1,4 +1,4 @@
-"""Fusion of per-item modality features into one item vector (multimodal DRR; SEEDS_SPEC A2 "D multimodal").
+"""Fusion of per-item modality features into one item vector (multimodal DRR; docs/differences.md#drr-mm-training).
 
 Inputs are M modality vectors ``x_m`` ([..., d_m], d_m may differ) and a presence mask ``p`` ([..., M]);
 an item lacking modality m has ``p_m = 0`` (its ``x_m`` is ignored, whatever it holds). Every layer is

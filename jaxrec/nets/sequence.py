@@ -3,11 +3,11 @@
 A *state* is a window of the last ``window`` items, left-padded with ``PAD = n_items`` (see
 ``jaxrec.data.sequences``). The encoder methods are unbatched (one window, or one chunk sequence) and
 are vmapped over a batch at the call site, so attention can never mix two sequences of a batch: the
-seed's missing ``batch_first`` (SEEDS_SPEC B6.1) made its attention span the batch instead of the
+seed's missing ``batch_first`` (docs/differences.md#m3s-batch-first) made its attention span the batch instead of the
 sequence. The item heads take states with any leading axes.
 
 Transformer (Vaswani et al. 2017; SASRec, Kang & McAuley 2018), as the seed's ``TransformerDQN``
-(SEEDS_SPEC B2) with its bugs fixed:
+(docs/differences.md#m3s-encoder) with its bugs fixed:
 
 * input = item embedding (zero for PAD) + a learned positional embedding indexed by *recency*
   (0 = most recent item), so a left-padded window always has its newest item at the same position;

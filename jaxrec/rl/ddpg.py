@@ -8,13 +8,13 @@ the transitions, restarts finished episodes and makes one batched update (the se
 environment step). Randomness is ``fold_in(key, step)``, so any chunking of the steps (and resuming
 from a checkpoint) gives identical results.
 
-Losses (seed SEEDS_SPEC.md A5, corrected where marked):
+Losses (the seed's, corrected where marked; ids are rows of docs/differences.md):
 * critic: importance-weighted MSE to ``y = r + gamma (1 - done) Q'(s', mu'(s'))`` (DDPG eq. 4-5);
   ``twin`` uses two critics and the minimum of their targets (TD3's clipped double Q); ``faithful_target``
   reproduces the seed's ``min(Q(s', mu'(s')), Q'(s', mu'(s')))``.
 * actor: ``-Q(s, mu(s))`` (deterministic policy gradient at the policy's action; the seed took the
-  critic's gradient at the STORED action, A7.8).
-* priorities: ``|delta| + eps`` from the TD error (the seed used the target, A7.6).
+  critic's gradient at the STORED action, drr-actor-grad).
+* priorities: ``|delta| + eps`` from the TD error (the seed used the target, drr-per-priority).
 """
 from __future__ import annotations
 
@@ -213,7 +213,7 @@ def make_update(cfg: DDPGConfig):
 
 
 def make_train(cfg: DDPGConfig, sim: sim_lib.SimData, sim_cfg: sim_lib.SimConfig):
-    """(init(key) -> TrainingState, train(state, n_steps) -> (state, metrics), train_step).
+    """(init(key, emb) -> TrainingState, train(state, n_steps) -> (state, metrics), train_step).
 
     ``init`` and ``train`` are jitted; ``train_step(state, None) -> (state, metrics)`` is the unjitted
     scan body (tests compare the scan against stepping it one call at a time).

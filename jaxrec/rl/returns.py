@@ -3,7 +3,7 @@
 Every function here is *unbatched*: it takes one trajectory slice of length ``T`` and is applied to a
 batch with ``jax.vmap`` at the call site (the rlax style).
 
-Convention (DESIGN.md 2.4, the same as ``rlax.lambda_returns``): for steps ``t = 0..T-1``,
+Convention (docs/design.md, section 6; the same as ``rlax.lambda_returns``): for steps ``t = 0..T-1``,
 ``r_t[t]`` is the reward received after acting at step t, ``discount_t[t]`` the discount applied to
 what follows it (``gamma`` for a regular step, 0 where the episode ends at that step), and ``v_t[t]``
 the value of the state reached *after* step t (the bootstrap value of step t).

@@ -1,5 +1,5 @@
 """Self-supervised Q-learning for sequential recommendation: SQN (Xin et al., SIGIR 2020) with
-multi-step self-supervision and TD(λ) targets over n steps (the M3S seed, SEEDS_SPEC B, corrected).
+multi-step self-supervision and TD(λ) targets over n steps (the M3S seed, corrected: docs/differences.md, M3S table).
 
 One network = a sequence state encoder with heads over all items (``jaxrec.nets.sequence``): a
 supervised next-item head (cross-entropy; it ranks items at evaluation, as in SQN) and one or two Q
@@ -10,12 +10,12 @@ Losses of one training sample (state ``s_t``, action ``a_t``; weights from ``SQN
 
 * supervised: ``CE(logits(s_t), a_t)`` (SQN eq. 1).
 * self-supervision over the next n items (``ssl``): ``future_states`` (the seed's intended term with its
-  bugs fixed, SEEDS_SPEC C: gradient through the main network, target = the item logged after each
+  bugs fixed, m3s-ssl: gradient through the main network, target = the item logged after each
   future state) is ``mean_{j=1..n-1} CE(logits(s_{t+j}), a_{t+j})``; ``ahead`` predicts the same items
   from the current state, ``mean_j CE(logits(s_t), a_{t+j})``.
 * TD(λ): ``(Q(s_t, a_t) - G^λ_t)^2`` with ``G^λ_t`` the λ-return of the n logged steps from t
   (``jaxrec.rl.returns.lambda_returns``, Sutton & Barto eq. 12.18; the seed's weights summed to λ
-  instead of 1, SEEDS_SPEC B6.2) and bootstrap values from double Q-learning (van Hasselt 2010): one
+  instead of 1, m3s-lambda-return) and bootstrap values from double Q-learning (van Hasselt 2010): one
   estimator picks ``a* = argmax_a Q_A(s', a)``, the other one's target copy values it,
   ``v(s') = Q'_B(s', a*)``. ``double_q`` chooses the two estimators:
 
@@ -30,7 +30,7 @@ Losses of one training sample (state ``s_t``, action ``a_t``; weights from ``SQN
 * negatives (SNQN, Xin et al. 2022): ``negatives`` items other than ``a_t`` sampled uniformly, with
   reward ``neg_reward`` (0: not clicked) and target ``neg_reward + gamma * v(s_t)`` (the state does not
   change when a recommendation is ignored; ``neg_next="next"`` uses ``s_{t+1}``); the seed sampled them
-  but never used them (B6.4).
+  but never used them (m3s-negatives).
 
 A training batch is ``batch_size`` samples drawn as ``batch_size / chunk`` chunks of ``chunk``
 consecutive transitions of one user (``jaxrec.data.sequences``); each chunk's item sequence is encoded
