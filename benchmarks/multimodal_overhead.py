@@ -136,7 +136,7 @@ def main_args(argv):
     print(f"target ddpg_id / ddpg_multimodal wall >= {1 / 1.2:.3f} (multimodal within 1.2x): {ratio:.3f} "
           f"{'OK' if ratio >= 1 / 1.2 else 'MISSED'}")
     print(json.dumps({
-        "metric": "ddpg_multimodal_wall_s" + ("_quick" if args.quick else "")
+        "metric": "ddpg_multimodal_wall_s" + ("_quick" if args.quick else f"_{steps // 1000}k_steps")
                   + (f"_vs_dim{args.baseline_dim}" if args.baseline_dim else ""),
         "ours": round(med["ddpg_multimodal"]["wall"], 2), "baseline": round(med["ddpg_id"]["wall"], 2),
         "ratio": round(ratio, 3), "unit": "s", "device": device(),
