@@ -180,7 +180,7 @@ EXPERIMENT = Experiment(
     make_config=make_config,
     make_trainer=make_trainer,
     quick=("train.steps=300", "train.eval_every=150", "train.ckpt_every=150", "train.log_every=50",
-           "model.embed.epochs=2", "model.agent.replay_capacity=2000", "model.agent.dim=16", "model.embed.dim=16",
+           "model.embed.epochs=2", "model.embed.batch=256", "model.agent.replay_capacity=2000", "model.agent.dim=16", "model.embed.dim=16",
            "model.agent.hidden=32"),
     protocols=("drr", "full", "cold_start"),
 )
