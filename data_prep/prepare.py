@@ -483,6 +483,13 @@ def build_parser() -> argparse.ArgumentParser:
     order.add_argument("--order-col", help="chronological rank within each user (no absolute times)")
     tb.add_argument("--items", help="item metadata: MovieLens movies.dat or a csv/tsv with id, title, genres")
     shared(tb, "last", None)
+    sy = sub.add_parser("synthetic", help="planted-signal data generated here (no download): smoke runs, --quick")
+    sy.add_argument("--kind", choices=("blocks", "chains"), default="blocks",
+                    help="blocks: clustered users liking one item block (DRR family); chains: per-cluster "
+                         "next-item chains with noise (sequential family)")
+    sy.add_argument("--users", type=int, default=400, help="number of users")
+    sy.add_argument("--seed", type=int, default=0, help="generator seed (same seed, same data)")
+    shared(sy, "none", 4.0)
     return p
 
 
@@ -519,6 +526,18 @@ def prepare(argv) -> dict:
         sources = src.record(used)
         meta_extra.update(order_kind="timestamp", event_types=types, event_weights=weights)
         threshold = args.positive_threshold if args.positive_threshold is not None else min(weights.values())
+    elif args.source == "synthetic":
+        from data_prep import synthetic
+
+        if args.users < 1:
+            raise InputError("--users", f"{args.users}, expected a positive number")
+        make = synthetic.planted_blocks if args.kind == "blocks" else synthetic.planted_chains
+        rows = make(n_users=args.users, seed=args.seed)[0]
+        raw = Raw(user=rows[:, 0].astype(np.int64), item=rows[:, 1].astype(np.int64),
+                  rating=rows[:, 2].astype(np.float32), order=rows[:, 3].astype(np.int64))
+        sources = []
+        meta_extra.update(order_kind="rank", synthetic={"kind": args.kind, "users": args.users, "seed": args.seed})
+        threshold = args.positive_threshold
     else:
         raw, items, order_kind, used = read_table(args)
         sources = [{"path": u, "sha256": file_digest(u)} for u in used]
