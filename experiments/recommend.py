@@ -8,7 +8,6 @@ the model was not trained on is folded in from that history), and prints the top
 """
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
@@ -19,7 +18,7 @@ import pandas as pd
 from jaxrec.cli import ArgParser, cli_main
 from jaxrec import config as C
 from jaxrec.data.splits import EvalView
-from jaxrec.errors import InputError
+from jaxrec.errors import InputError, read_json
 
 
 def recommend(run_dir: Path, original_user: str, k: int, data_path: str | None = None) -> pd.DataFrame:
@@ -29,12 +28,7 @@ def recommend(run_dir: Path, original_user: str, k: int, data_path: str | None =
     cfg_path = run_dir / "config.json"
     if not cfg_path.is_file():
         raise InputError(cfg_path, "missing: not a run directory")
-    try:
-        saved = json.loads(cfg_path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise InputError(cfg_path, f"not valid JSON ({e.msg})", line=e.lineno) from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise InputError(cfg_path, f"cannot be read ({e})") from None
+    saved = read_json(cfg_path)
     if not isinstance(saved, dict):
         raise InputError(cfg_path, "malformed: expected the config.json of a run (a JSON object)")
     if saved.get("exp") not in EXPERIMENTS:

@@ -12,25 +12,19 @@ by hand.
 """
 from __future__ import annotations
 
-import json
 import re
 import sys
 from pathlib import Path
 
 from jaxrec.cli import ArgParser, cli_main
-from jaxrec.errors import InputError
+from jaxrec.errors import InputError, read_json
 
 
 def load_final(run_dir: Path) -> dict:
     path = Path(run_dir) / "final.json"
     if not path.is_file():
         raise InputError(path, "missing: the run has not finished")
-    try:
-        final = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise InputError(path, f"not valid JSON ({e.msg})", line=e.lineno) from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise InputError(path, f"cannot be read ({e})") from None
+    final = read_json(path)
     if not isinstance(final, dict) or not isinstance(final.get("exp"), str) or not isinstance(final.get("wall_s"), (int, float)):
         raise InputError(path, "malformed: expected the final.json of a run (an object with 'exp' and 'wall_s')")
     return final

@@ -23,6 +23,20 @@ class InputError(Exception):
         return f"{loc}: {self.message}"
 
 
+def read_json(path):
+    """The parsed JSON file at ``path`` (an existing file); an ``InputError`` naming the file, and the line
+    for a syntax error, when it is not valid JSON or cannot be read. Callers check the structure."""
+    import json
+    from pathlib import Path
+
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise InputError(path, f"not valid JSON ({e.msg})", line=e.lineno) from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise InputError(path, f"cannot be read ({e})") from None
+
+
 class ConfigError(InputError):
     """A bad ``--set`` key or value, or an invalid config combination."""
 

@@ -8,12 +8,11 @@ not the arrays), so that a benchmark parent fails on its data at once without im
 """
 from __future__ import annotations
 
-import json
 import zipfile
 import zlib
 from pathlib import Path
 
-from jaxrec.errors import InputError
+from jaxrec.errors import InputError, read_json
 
 PREPARED_ARRAYS = ("user", "item", "rating", "order")
 _AGAIN = "prepare the data again with data_prep/prepare.py"
@@ -22,19 +21,19 @@ _AGAIN = "prepare the data again with data_prep/prepare.py"
 def check_prepared(path) -> Path:
     """The absolute path of the prepared data directory ``path``, or an InputError naming the missing or
     malformed file."""
-    d = Path(path)
+    _checked_meta(Path(path))
+    return Path(path).absolute()
+
+
+def _checked_meta(d: Path) -> dict:
+    """``check_prepared``'s checks; returns the parsed ``meta.json`` so that a loader reads it once."""
     if not d.is_dir():
         raise InputError(d, "no such data directory; prepare it first with data_prep/prepare.py (see README)")
     npz, meta_path = d / "interactions.npz", d / "meta.json"
     for f in (npz, meta_path):
         if not f.is_file():
             raise InputError(f, "missing; prepare the data first with data_prep/prepare.py (see README)")
-    try:
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise InputError(meta_path, f"not valid JSON ({e.msg})", line=e.lineno) from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise InputError(meta_path, f"cannot be read ({e})") from None
+    meta = read_json(meta_path)
     for key in ("n_users", "n_items"):
         value = meta.get(key) if isinstance(meta, dict) else None
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -48,7 +47,7 @@ def check_prepared(path) -> Path:
     missing = [k for k in PREPARED_ARRAYS if f"{k}.npy" not in names]
     if missing:
         raise InputError(npz, f"lacks arrays {missing}, expected {', '.join(PREPARED_ARRAYS)}")
-    return d.absolute()
+    return meta
 
 
 def load_prepared(path):
@@ -60,8 +59,8 @@ def load_prepared(path):
     from jaxrec.data.interactions import Interactions
 
     d = Path(path)
-    check_prepared(d)
-    npz, meta = d / "interactions.npz", json.loads((d / "meta.json").read_text(encoding="utf-8"))
+    meta = _checked_meta(d)
+    npz = d / "interactions.npz"
     try:
         with np.load(npz) as z:
             arrays = {k: z[k] for k in (*PREPARED_ARRAYS, "event") if k in z}

@@ -24,7 +24,7 @@ from typing import Sequence
 
 import numpy as np
 
-from jaxrec.errors import InputError
+from jaxrec.errors import InputError, read_json
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -77,12 +77,7 @@ def read_manifest(path) -> dict:
     if not path.is_file():
         raise InputError(path, "missing; a features directory needs the manifest.json written by "
                                "data_prep/extract_features.py")
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise InputError(path, f"not valid JSON ({e.msg})", line=e.lineno) from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise InputError(path, f"cannot be read ({e})") from None
+    manifest = read_json(path)
 
     def bad(what):
         raise InputError(path, f"malformed manifest: {what}")
