@@ -64,7 +64,7 @@ class Ours:
         network = cfg.network(train_inter.n_items)
         self.data = jax.device_put(sequence_chunks(train_inter, cfg.window, cfg.lookahead, cfg.chunk,
                                                    cfg.min_history).arrays())
-        init, self.train = make_train(cfg, network)
+        init, self.train = make_train(cfg.for_split(heldout_users=True), network)  # ML-1M's user split
         self.steps = steps
         self.state = init(jax.random.key(seed))
         for _ in range(2):  # compile + one steady untimed chunk

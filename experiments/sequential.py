@@ -211,7 +211,7 @@ class SequentialTrainer:
     """Harness trainer for every ``SQNConfig`` agent (m3s_tdlambda, sqn, sasrec, gru4rec)."""
 
     def __init__(self, cfg: C.Config, data):
-        m: SQNConfig = cfg.model
+        m: SQNConfig = cfg.model.for_split(data.split.heldout_users)
         if cfg.devices != 1:
             raise ConfigError("--devices", "the sequential experiments run on one device")
         self.cfg, self.inter = m, data.inter

@@ -79,7 +79,7 @@ def test_td_target_and_losses_by_hand():
     emb = ddpg.Embeddings(user=jax.random.normal(k, (3, D)), item=jax.random.normal(jax.random.fold_in(k, 2), (6, D)))
     batch = ddpg.Transition(user=jnp.array([0, 2]), items=jnp.array([[0, 1, 2, 3], [1, 2, 3, 4]]),
                             action=jnp.ones((2, D)) * 0.1, reward=jnp.array([1.0, -0.5]),
-                            next_items=jnp.array([[1, 2, 3, 5], [2, 3, 4, 5]]), done=jnp.array([False, True]))
+                            next_items=jnp.array([[1, 2, 3, 5], [2, 3, 4, 5]]), terminal=jnp.array([False, True]))
     weights = jnp.array([1.0, 0.5])
     critic_loss, actor_loss = ddpg.make_losses(cfg)
     loss, (td, _) = critic_loss(cp, cp_t, ap, emb, batch, weights)
@@ -149,3 +149,24 @@ def test_vmap_over_seeds_equals_separate_runs(setup):
         single = train_fn(init(keys[i], emb), 6)[0]
         for x, y in zip(jax.tree.leaves(single.actor), jax.tree.leaves(run.actor)):
             np.testing.assert_allclose(x, y[i], rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("horizon_terminal", [False, True])
+def test_horizon_is_a_truncation_that_bootstraps(setup, horizon_terminal):
+    """Every episode stopped by the time limit (horizon 1, no positives rule) is stored as non-terminal, so
+    its target is r + gamma Q'(s', mu'(s')); only the seed's option makes it terminal (target r)."""
+    _, _, train, emb = setup
+    cfg = small_cfg(horizon=1, done_at_positives=False, horizon_terminal=horizon_terminal)
+    init, train_fn, _ = build(train, cfg)
+    state, _ = train_fn(init(jax.random.key(0), emb), 5)
+    stored = np.asarray(state.replay.data.terminal[:int(state.replay.size)])
+    assert stored.size == 10 and bool(np.all(stored)) == horizon_terminal and bool(np.any(stored)) == horizon_terminal
+    critic_loss, _ = ddpg.make_losses(cfg)
+    batch = jax.tree.map(lambda x: x[:4], state.replay.data)
+    _, (td, _) = critic_loss(state.critic, state.critic_target, state.actor_target, emb, batch, jnp.ones(4))
+    actor, critic = ddpg.networks(cfg)
+    u, h, hn = emb.user[batch.user], emb.item[batch.items], emb.item[batch.next_items]
+    q = critic.apply(state.critic, u, h, batch.action)
+    q_next = critic.apply(state.critic_target, u, hn, actor.apply(state.actor_target, u, hn))
+    y = batch.reward if horizon_terminal else batch.reward + cfg.gamma * q_next
+    np.testing.assert_allclose(td, y - q, rtol=1e-5, atol=1e-6)

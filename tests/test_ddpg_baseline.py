@@ -136,7 +136,7 @@ def test_one_update_matches_ours(style):
                          action=jnp.asarray(rng.standard_normal((n, d)), jnp.float32),
                          reward=jnp.asarray(rng.standard_normal(n), jnp.float32),
                          next_items=jnp.asarray(rng.integers(0, n_items, (n, n_state)), jnp.int32),
-                         done=jnp.asarray(rng.random(n) < 0.3))
+                         terminal=jnp.asarray(rng.random(n) < 0.3))
     replay = R.add(state.replay, tr)
     # Unequal priorities, so that the IS weights are not all 1.
     replay = R.update_priorities(replay, jnp.arange(n), jnp.asarray(rng.random(n) * 3, jnp.float32), cfg.per_alpha)
@@ -157,7 +157,7 @@ def test_one_update_matches_ours(style):
     buf = agent.buffer
     for i in range(n):
         buf.add(int(tr.user[i]), np.asarray(tr.items[i]), np.asarray(tr.action[i]), float(tr.reward[i]),
-                np.asarray(tr.next_items[i]), bool(tr.done[i]))
+                np.asarray(tr.next_items[i]), bool(tr.terminal[i]))
     buf.update_priorities(np.arange(n), rng.random(n))  # overwritten below with ours' leaves
     leaves = np.asarray(state.replay.priorities)
     for i in range(n):

@@ -232,3 +232,21 @@ def test_default_batch_larger_than_the_training_data_trains(tmp_path):
     assert main(["--exp=m3s_tdlambda", "--data", str(data), "--run-dir", str(run), *USERS, "model.dim=16",
                  "train.steps=2", "train.eval_every=2", "train.ckpt_every=2", "train.log_every=2"]) == 0
     assert json.loads((run / "final.json").read_text())["updates"] == 2
+
+
+@pytest.mark.parametrize("scheme, cut", [("leave_last", True), ("users", False)])
+def test_end_of_training_history_is_a_cut_under_temporal_splits(data_dir, scheme, cut):
+    """Under a temporal split a user's training history continues in validation/test, so its end is a cut
+    (bootstrap); under the user split the training part is the user's whole log, so it is an episode end.
+    An explicit model.bootstrap_at_end wins either way."""
+    from experiments.harness import load_dataset
+
+    exp = sequential.EXPERIMENTS[0]
+    for explicit in (None, True, False):
+        sets = [f"data.path={data_dir}", f"data.split.scheme={scheme}", *exp.quick]
+        if explicit is not None:
+            sets.append(f"model.bootstrap_at_end={str(explicit).lower()}")
+        cfg = C.apply_overrides(exp.make_config(), sets)
+        assert cfg.model.bootstrap_at_end is explicit
+        trainer = sequential.SequentialTrainer(cfg, load_dataset(cfg))
+        assert trainer.cfg.bootstrap_at_end is (cut if explicit is None else explicit)

@@ -56,8 +56,10 @@ def test_hand_worked_episode():
     np.testing.assert_array_equal(info["items"], [1, 2])
     assert float(r) == pytest.approx(0.0)
     np.testing.assert_array_equal(s.items, [3, 1])
-    # 6 recommended >= 5 positives of user 1: the episode ends (the seed's rule, user index fixed).
-    assert bool(done) and int(s.n_recommended) == 6 and float(s.ep_return) == pytest.approx(0.5)
+    # 6 recommended >= 5 positives of user 1: the episode ends (the seed's rule, user index fixed), a
+    # terminal state even though the horizon was not reached.
+    assert bool(done) and bool(info["terminal"]) and int(s.n_recommended) == 6
+    assert float(s.ep_return) == pytest.approx(0.5)
 
 
 def test_two_positives_enter_in_descending_score_order():
@@ -73,9 +75,9 @@ def test_faithful_append_and_horizon_and_constant_unrated():
     sim, cfg = _sim(faithful_append=True, horizon=1, unrated_reward=-1.0, done_at_positives=False)
     s = S.reset(sim, cfg, jnp.int32(0))
     repr_, action = _pick(2, 3)  # 2 positive, 3 rated 3: with a positive present both enter (seed)
-    s, r, done, _ = S.step(sim, cfg, s, action, repr_)
+    s, r, done, info = S.step(sim, cfg, s, action, repr_)
     np.testing.assert_array_equal(s.items, [2, 3])
-    assert bool(done)  # horizon 1
+    assert bool(done) and not bool(info["terminal"])  # horizon 1: a time limit, not a terminal state
     repr_, action = _pick(7, 8)
     _, r, _, _ = S.step(sim, cfg, S.reset(sim, cfg, jnp.int32(0)), action, repr_)
     assert float(r) == pytest.approx(-2.0)
@@ -111,8 +113,8 @@ def test_no_repeats_over_a_long_episode_and_vmap_matches_single():
             new = set(np.asarray(info["items"][u]).tolist())
             assert not (new & seen[u])
             seen[u] |= new
-    # 2 state items + 3 steps x 2 = 8 of 9 items; one more step would need 2 > 1 remaining: done.
-    assert bool(jnp.all(states.done))
+    # 2 state items + 3 steps x 2 = 8 of 9 items; one more step would need 2 > 1 remaining: terminal.
+    assert bool(jnp.all(states.done)) and bool(jnp.all(info["terminal"]))
 
 
 def test_append_items_keeps_last_n():

@@ -1,3 +1,8 @@
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -5,7 +10,7 @@ from jaxrec.config import SplitConfig
 from jaxrec.data.splits import (Split, eval_view, global_time_split, guard_train_rows, leave_last_out, make_split,
                                 train_view, user_split)
 from jaxrec.errors import ConfigError, LeakageError
-from tests.helpers import make_interactions, synthetic_interactions
+from tests.helpers import REPO, make_interactions, synthetic_interactions
 
 # user 0: 5 rows, user 1: 2 rows, user 2: 4 rows (row index in comments)
 ROWS = [
@@ -87,3 +92,28 @@ def test_leak_guard_refuses_heldout_rows():
         guard_train_rows(s, np.array([3]))
     with pytest.raises(LeakageError, match="share rows"):
         Split("x", np.array([0, 1]), np.array([1]), np.array([2]), heldout_users=False)
+
+
+ML100K = Path(os.environ.get("JAXREC_SHARED_DATA") or REPO.parent / "shared" / "data") / "ml-100k"
+
+
+@pytest.mark.skipif(not (ML100K / "u.data").is_file(), reason="the real ML-100K is not beside the repository")
+def test_user_split_pinned_on_ml100k(tmp_path):
+    """Who is a test user of ML-100K under the default seeded split is fixed by numpy's PCG64 stream
+    [seed, 0]; a JAX upgrade (or a change of its PRNG implementation) must not move it."""
+    import pandas as pd
+
+    from jaxrec.data.prepared import load_prepared
+
+    out = tmp_path / "ml-100k"
+    r = subprocess.run([sys.executable, "data_prep/prepare.py", "movielens", "--variant", "ml-100k", "--src",
+                        str(ML100K), "--out", str(out)], capture_output=True, text=True, cwd=REPO)
+    assert r.returncode == 0, r.stderr[-2000:]
+    inter, _, _ = load_prepared(str(out))
+    split = make_split(inter, SplitConfig(scheme="users"))
+    original = pd.read_csv(out / "users.csv", dtype={"original_id": str}).set_index("user")["original_id"]
+    test = sorted(int(u) for u in original[np.unique(inter.user[split.test])])
+    val = sorted(int(u) for u in original[np.unique(inter.user[split.val])])
+    assert (len(test), len(val)) == (94, 94)
+    assert test[:12] == [3, 9, 26, 37, 47, 54, 70, 75, 82, 85, 101, 106]
+    assert val[:8] == [14, 20, 24, 27, 32, 50, 55, 57]

@@ -99,7 +99,8 @@ def test_double_q_selects_with_main_and_evaluates_with_target_by_hand():
 
 
 def tiny_cfg(**kw):
-    base = dict(window=3, dim=8, ff_dim=16, batch_size=8, chunk=2, micro_batches=1, dropout=0.0, n_steps=2)
+    base = dict(window=3, dim=8, ff_dim=16, batch_size=8, chunk=2, micro_batches=1, dropout=0.0, n_steps=2,
+                bootstrap_at_end=False)
     base.update(kw)
     cfg = SQNConfig(**base)
     cfg.validate()

@@ -101,7 +101,7 @@ def stub(cfg):
 
 def cfg_of(**kw):
     base = dict(window=N, dim=I + 1, ff_dim=4, chunk=C, batch_size=4 * C, micro_batches=1, dropout=0.0, n_steps=n,
-                ssl="none", negatives=0, gamma=0.5, lam=0.8)
+                ssl="none", negatives=0, gamma=0.5, lam=0.8, bootstrap_at_end=False)
     base.update(kw)
     cfg = SQNConfig(**base)
     cfg.validate()
@@ -364,7 +364,7 @@ def test_rank_by_q_scores_with_the_q_heads(double_q):
     """rank_by=q: evaluation scores are the Q head's output (the mean of the two heads with double_q=heads,
     network 0's head with double_q=networks); rank_by=sup: the supervised logits."""
     # A GRU encoder (the cheapest to compile): the heads, not the encoder, are under test.
-    cfg = SQNConfig(backbone="gru", window=3, dim=8, dropout=0.0, double_q=double_q, rank_by="q")
+    cfg = SQNConfig(backbone="gru", window=3, dim=8, dropout=0.0, double_q=double_q, rank_by="q", bootstrap_at_end=False)
     cfg.validate()
     net = cfg.network(I)
     params = random_params(net, scale=0.5)  # biases too
@@ -407,7 +407,7 @@ def adam_by_hand(p0, grads, lr, clip=0.0, wd=0.0, b1=0.9, b2=0.999, eps=1e-8):
 def test_optimizer_clips_the_global_norm_and_decays_by_hand(clip, wd):
     p0 = np.array([0.5, -1.0, 2.0, 1.5])
     grads = [[6.0, -8.0, 0.0, 0.0], [0.3, 0.0, -0.4, 0.0], [0.0, 3.0, 4.0, 0.0]]  # norms 10, 0.5 and 5
-    cfg = SQNConfig(lr=0.01, grad_clip=clip, weight_decay=wd)
+    cfg = SQNConfig(lr=0.01, grad_clip=clip, weight_decay=wd, bootstrap_at_end=False)
     opt = make_optimizer(cfg)
     p, state = jnp.asarray(p0, jnp.float32), opt.init(jnp.asarray(p0, jnp.float32))
     for g in grads:
@@ -429,6 +429,7 @@ def test_grad_clip_and_weight_decay_in_a_training_update():
     gradient g' it was given, so they show what the clip did."""
     clip, wd, lr = 0.05, 0.5, 0.01
     cfg = SQNConfig(window=3, dim=8, ff_dim=16, batch_size=8, chunk=2, micro_batches=1, dropout=0.0, q_weight=0.0,
+                    bootstrap_at_end=False,
                     ssl="none", negatives=0, sup_weight=1.0, lr=lr, grad_clip=clip, weight_decay=wd)
     cfg.validate()
     net = cfg.network(23)

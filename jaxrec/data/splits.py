@@ -5,7 +5,8 @@ Every split returns row indices into an ``Interactions`` (sorted, disjoint). Thr
 * ``leave_last``: temporal leave-last-k-out per user: each user's last ``n_test`` rows are test, the
   ``n_val`` before them validation, the rest training. Users with fewer than
   ``n_val + n_test + min_train`` rows stay wholly in training (they cannot be evaluated).
-* ``users``: a seeded user-level split (the M3S seed's 80/10/10 over users, now reproducible). Held-out
+* ``users``: a seeded user-level split (the M3S seed's 80/10/10 over users, now reproducible with
+  numpy's ``Generator``, so a JAX upgrade cannot change who is a test user). Held-out
   users contribute nothing to training; at evaluation their earliest ``heldout_visible`` rows are the
   visible history (input only: fold-in, state, exclusion) and the rest are targets.
 * ``global_time``: one global temporal cut: rows before the ``fractions[0]`` quantile of time are
@@ -29,7 +30,6 @@ from __future__ import annotations
 
 import dataclasses
 
-import jax
 import numpy as np
 
 from jaxrec.data.interactions import Interactions
@@ -128,7 +128,9 @@ def leave_last_out(inter: Interactions, n_val: int = 1, n_test: int = 1, min_tra
 def user_split(inter: Interactions, fractions=(0.8, 0.1, 0.1), seed: int = 0) -> Split:
     _check_fractions(fractions)
     users = np.flatnonzero(inter.user_counts > 0)
-    perm = np.asarray(jax.random.permutation(jax.random.key(seed), len(users)))
+    # numpy's Generator (PCG64) on stream [seed, 0], not jax.random: who is a test user must not move
+    # when JAX changes its PRNG implementation (the cold-item draw uses stream [seed, 1]).
+    perm = np.random.default_rng([seed, 0]).permutation(len(users))
     n_test = int(round(fractions[2] * len(users)))
     n_val = int(round(fractions[1] * len(users)))
     role = np.zeros(inter.n_users, np.int8)  # 0 train, 1 val, 2 test

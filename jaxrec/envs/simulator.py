@@ -13,9 +13,10 @@ the call site. The rules follow the seed (docs/differences.md, DRR table) with i
   MF-predicted rating mapped the same way; the step's reward is the sum over the k items (seed).
 * state update: positively rewarded items are appended (most relevant first) and the same number of
   oldest items dropped. ``faithful`` appends every rated hit when any reward is positive (seed).
-* done: after ``horizon`` steps, or once the user's number of positives has been recommended (seed:
-  ``len(recommended) >= #positives``, with the off-by-one user index fixed, drr-done-index), or when fewer than
-  ``k`` candidates remain.
+* terminal: once the user's number of positives has been recommended (seed: ``len(recommended) >=
+  #positives``, with the off-by-one user index fixed, drr-done-index), or when fewer than ``k`` candidates
+  remain. The episode also stops after ``horizon`` steps, but that is a truncation, not a terminal state
+  (``info["terminal"]`` tells them apart; the seed treated both as terminal, drr-horizon).
 """
 from __future__ import annotations
 
@@ -146,7 +147,12 @@ def append_items(items: jax.Array, new: jax.Array, keep: jax.Array) -> jax.Array
 
 
 def step(sim: SimData, cfg: SimConfig, state: EnvState, action: jax.Array, item_repr: jax.Array):
-    """One recommendation. Returns ``(new_state, reward, done, info)``; info has the k items."""
+    """One recommendation. Returns ``(new_state, reward, done, info)``.
+
+    ``done``: the episode is over (reset the user). ``info["terminal"]``: it ended by the environment's
+    rule rather than the horizon; only then is the next state's value zero. ``info`` also has the k items
+    and their rewards.
+    """
     chex.assert_rank(action, 1)
     scores = item_repr @ action
     scores = jnp.where(state.recommended, -jnp.inf, scores)
@@ -158,11 +164,14 @@ def step(sim: SimData, cfg: SimConfig, state: EnvState, action: jax.Array, item_
     recommended = state.recommended.at[items].set(True)
     n_rec = state.n_recommended + cfg.top_k
     t = state.t + 1
-    done = t >= cfg.horizon
+    # Terminal: the episode's own end (every positive recommended, the seed's rule; or no k candidates
+    # left). The horizon is a time limit, a truncation: the episode stops but its value does not end
+    # there, so learners bootstrap through it (Pardo et al. 2018, "Time Limits in RL").
+    terminal = n_rec + cfg.top_k > sim.rating2.shape[1] - jnp.sum(sim.blocked)
     if cfg.done_at_positives:
-        done |= n_rec >= sim.n_pos[state.user]
-    done |= n_rec + cfg.top_k > sim.rating2.shape[1] - jnp.sum(sim.blocked)
+        terminal |= n_rec >= sim.n_pos[state.user]
+    done = terminal | (t >= cfg.horizon)
     reward = jnp.sum(rewards)
     new_state = EnvState(user=state.user, items=new_items, recommended=recommended, n_recommended=n_rec, t=t,
                          done=done, ep_return=state.ep_return + reward)
-    return new_state, reward, done, {"items": items, "rewards": rewards}
+    return new_state, reward, done, {"items": items, "rewards": rewards, "terminal": terminal}

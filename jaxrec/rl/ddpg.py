@@ -9,7 +9,7 @@ environment step). Randomness is ``fold_in(key, step)``, so any chunking of the 
 from a checkpoint) gives identical results.
 
 Losses (the seed's, corrected where marked; ids are rows of docs/differences.md):
-* critic: importance-weighted MSE to ``y = r + gamma (1 - done) Q'(s', mu'(s'))`` (DDPG eq. 4-5);
+* critic: importance-weighted MSE to ``y = r + gamma (1 - terminal) Q'(s', mu'(s'))`` (DDPG eq. 4-5);
   ``twin`` uses two critics and the minimum of their targets (TD3's clipped double Q); ``faithful_target``
   reproduces the seed's ``min(Q(s', mu'(s')), Q'(s', mu'(s')))``.
 * actor: ``-Q(s, mu(s))`` (deterministic policy gradient at the policy's action; the seed took the
@@ -86,7 +86,9 @@ class DDPGConfig:
     mf_reward: bool = False
     """Reward unrated items with the MF-predicted rating instead (the paper's simulator)."""
     horizon: int = 3000
-    """Maximum steps per episode."""
+    """Maximum steps per episode: a time limit, so targets bootstrap through it (see horizon_terminal)."""
+    horizon_terminal: bool = False
+    """Treat reaching the horizon as a terminal state, no bootstrap (the seed, drr-horizon)."""
     done_at_positives: bool = True
     """End an episode once as many items as the user's positives were recommended (the seed)."""
     init_positives_only: bool = False
@@ -124,7 +126,7 @@ class Transition:
     action: jax.Array  # float32 [d]
     reward: jax.Array  # float32 []
     next_items: jax.Array  # int32 [N]
-    done: jax.Array  # bool []
+    terminal: jax.Array  # bool []: the episode ended by the environment's rule (not by its time limit)
 
 
 @struct.dataclass
@@ -162,7 +164,7 @@ def make_losses(cfg: DDPGConfig):
             q_next = jnp.min(q_next, axis=0)
         elif cfg.faithful_target:
             q_next = jnp.minimum(q_next, critic.apply(critic_params, u, h_next, a_next))
-        y = jax.lax.stop_gradient(batch.reward + cfg.gamma * (1.0 - batch.done) * q_next)
+        y = jax.lax.stop_gradient(batch.reward + cfg.gamma * (1.0 - batch.terminal) * q_next)
         q = q_apply(critic_params, u, h, batch.action)
         td = y - q  # [B] or [2, B]
         loss = jnp.mean(weights * jnp.square(td)) * (2.0 if cfg.twin else 1.0)
@@ -239,7 +241,7 @@ def make_train(cfg: DDPGConfig, sim: sim_lib.SimData, sim_cfg: sim_lib.SimConfig
         else:
             critic_params = critic.init(k_critic, u0, h0, a0)
         example = Transition(user=jnp.int32(0), items=jnp.zeros(n_state, jnp.int32), action=a0,
-                             reward=jnp.float32(0), next_items=jnp.zeros(n_state, jnp.int32), done=jnp.bool_(False))
+                             reward=jnp.float32(0), next_items=jnp.zeros(n_state, jnp.int32), terminal=jnp.bool_(False))
         users = v_sample_user(sim, jax.random.split(k_users, cfg.n_envs))
         return TrainingState(
             actor=actor_params, critic=critic_params, actor_target=actor_params, critic_target=critic_params,
@@ -260,9 +262,11 @@ def make_train(cfg: DDPGConfig, sim: sim_lib.SimData, sim_cfg: sim_lib.SimConfig
         epsilon = jnp.maximum(cfg.epsilon_min, cfg.epsilon - cfg.epsilon_decay * state.env_steps.astype(jnp.float32))
         explore = jax.random.uniform(k_explore, (cfg.n_envs, 1)) < epsilon
         action = action + explore * cfg.sigma * jax.random.normal(k_noise, action.shape)
-        next_env, reward, done, _ = v_step(sim, sim_cfg, env, action, state.emb.item)
-        replay = replay_lib.add(state.replay, Transition(user=env.user, items=env.items, action=action,
-                                                         reward=reward, next_items=next_env.items, done=done))
+        next_env, reward, done, info = v_step(sim, sim_cfg, env, action, state.emb.item)
+        # A user stopped by the horizon is stored as non-terminal: its target bootstraps from Q(s', mu'(s')).
+        terminal = done if cfg.horizon_terminal else info["terminal"]
+        replay = replay_lib.add(state.replay, Transition(user=env.user, items=env.items, action=action, reward=reward,
+                                                         next_items=next_env.items, terminal=terminal))
         fresh = v_reset(sim, sim_cfg, v_sample_user(sim, jax.random.split(k_users, cfg.n_envs)))
         env_after = jax.tree.map(lambda f, n: jnp.where(done.reshape(done.shape + (1,) * (n.ndim - 1)), f, n),
                                  fresh, next_env)

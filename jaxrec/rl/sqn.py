@@ -104,8 +104,10 @@ class SQNConfig:
     networks switched by a coin per update (SQN, the seed), or none (one head, its own target copy)."""
     target_tau: float = 0.01
     """Polyak rate of the target copies per update (1: the online parameters themselves, as SQN)."""
-    bootstrap_at_end: bool = False
-    """Treat the end of a user's training history as a cut (bootstrap) instead of an episode end."""
+    bootstrap_at_end: bool | None = None
+    """Treat the end of a user's training history as a cut (bootstrap) instead of an episode end. None
+    (default): a cut under temporal splits, where the history continues in validation/test; an episode
+    end under the user split, where the training part holds the user's whole log (``for_split``)."""
     lr: float = 1e-3
     """Adam learning rate (the seed's 1e-3)."""
     weight_decay: float = 0.0
@@ -133,6 +135,12 @@ class SQNConfig:
     eval_targets: Literal["all", "relevant"] = "all"
     """Evaluation: every held-out interaction is a next-item query (the seed and the SQN papers), or only
     those whose rating/reward reaches data.relevant_threshold."""
+
+    def for_split(self, heldout_users: bool) -> "SQNConfig":
+        """This config with ``bootstrap_at_end`` resolved for a split (see the field)."""
+        if self.bootstrap_at_end is not None:
+            return self
+        return dataclasses.replace(self, bootstrap_at_end=not heldout_users)
 
     def validate(self):
         ints = {"window": self.window, "dim": self.dim, "heads": self.heads, "layers": self.layers,
@@ -253,6 +261,8 @@ def make_losses(cfg: SQNConfig, network: SequenceNetwork):
     heads run on the whole batch at once (see ``jaxrec.nets.sequence._head``). Every term is averaged
     over the batch's training samples.
     """
+    if cfg.bootstrap_at_end is None:
+        raise ValueError("bootstrap_at_end is unresolved: call SQNConfig.for_split(split.heldout_users) first")
     n_items, N, C, n = network.n_items, cfg.window, cfg.chunk, cfg.n_steps
     uses_q, uses_ssl = cfg.uses_q, cfg.uses_ssl
     A = C + max(cfg.lookahead, 1) - 1  # actions per chunk
