@@ -170,3 +170,20 @@ def test_horizon_is_a_truncation_that_bootstraps(setup, horizon_terminal):
     q_next = critic.apply(state.critic_target, u, hn, actor.apply(state.actor_target, u, hn))
     y = batch.reward if horizon_terminal else batch.reward + cfg.gamma * q_next
     np.testing.assert_allclose(td, y - q, rtol=1e-5, atol=1e-6)
+
+
+def test_unit_actions_stay_on_the_sphere_and_rank_like_their_direction(setup):
+    """``action=unit``: the policy's and the noisy stored actions have length 1; ranking by <item, a> is
+    unchanged by the length of a, which is why the option loses nothing."""
+    _, _, train, emb = setup
+    cfg = small_cfg(action="unit", sigma=0.1)
+    init, train_fn, _ = build(train, cfg)
+    state, _ = train_fn(init(jax.random.key(0), emb), 6)
+    stored = np.asarray(state.replay.data.action[:int(state.replay.size)])
+    np.testing.assert_allclose(np.linalg.norm(stored, axis=1), 1.0, rtol=1e-5)
+    a = ddpg.act(cfg, state.actor, emb.user[:3], emb.item[jnp.zeros((3, cfg.n_state), jnp.int32)])
+    np.testing.assert_allclose(np.linalg.norm(np.asarray(a), axis=1), 1.0, rtol=1e-5)
+    scores = np.asarray(a @ emb.item.T)
+    np.testing.assert_array_equal(np.argsort(-scores, axis=1), np.argsort(-np.asarray((3.0 * a) @ emb.item.T), axis=1))
+    tanh = ddpg.act(small_cfg(), state.actor, emb.user[:3], emb.item[jnp.zeros((3, cfg.n_state), jnp.int32)])
+    assert np.all(np.abs(np.asarray(tanh)) < 1.0) and not np.allclose(np.linalg.norm(np.asarray(tanh), axis=1), 1.0)

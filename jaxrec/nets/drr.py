@@ -13,6 +13,7 @@ State representation (paper section 3.3; ``h_l`` = embedding of the l-th state i
 from __future__ import annotations
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -57,19 +58,39 @@ class StateRepr(nn.Module):
         return jnp.concatenate([first, pairs], axis=-1)
 
 
+ACTION_KINDS = ("tanh", "unit")
+
+
+def to_unit(x: jax.Array) -> jax.Array:
+    """``x / |x|`` over the last axis (a zero vector stays zero)."""
+    return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+
+
 class Actor(nn.Module):
-    """s -> h ReLU -> h ReLU -> d tanh (the seed's actor, drr-hyperparameters); d = item representation size."""
+    """s -> h ReLU -> h ReLU -> d, then tanh (the seed's actor, drr-hyperparameters) or unit length.
+
+    d = item representation size. Items are ranked by <item_i, a>, which depends on the direction of
+    ``a`` only; ``unit`` makes that explicit, so exploration noise of a given sigma means the same
+    angle whatever the dimension (with tanh, sigma 1.5 noise on |a| <= sqrt(d) is mostly a random
+    direction).
+    """
 
     action_dim: int
     hidden: int = 128
     srm: str = "ave"
+    action: str = "tanh"
 
     @nn.compact
     def __call__(self, user, items):
         s = StateRepr(self.srm, name="srm")(user, items)
         x = nn.relu(nn.Dense(self.hidden)(s))
         x = nn.relu(nn.Dense(self.hidden)(x))
-        return nn.tanh(nn.Dense(self.action_dim)(x))
+        x = nn.Dense(self.action_dim)(x)
+        if self.action == "tanh":
+            return nn.tanh(x)
+        if self.action == "unit":
+            return to_unit(x)
+        raise ValueError(f"unknown action kind {self.action!r}, expected one of {ACTION_KINDS}")
 
 
 class Critic(nn.Module):

@@ -29,7 +29,7 @@ import optax
 from flax import struct
 
 from jaxrec.envs import simulator as sim_lib
-from jaxrec.nets.drr import Actor, Critic
+from jaxrec.nets.drr import Actor, Critic, to_unit
 from jaxrec.rl import replay as replay_lib
 
 
@@ -77,6 +77,9 @@ class DDPGConfig:
     """Floor of epsilon."""
     sigma: float = 1.5
     """Standard deviation of the Gaussian exploration noise (the seed; not clipped)."""
+    action: Literal["tanh", "unit"] = "tanh"
+    """Actor output: tanh (the seed) or unit length, where a noisy action is renormalised to unit length
+    too (ranking uses the direction only; sigma is then an angle scale, e.g. 0.1)."""
     twin: bool = False
     """Clipped double Q (TD3): two critics, target = min of the two target critics."""
     faithful_target: bool = False
@@ -147,7 +150,8 @@ class TrainingState:
 
 
 def networks(cfg: DDPGConfig) -> tuple[Actor, Critic]:
-    return Actor(action_dim=cfg.dim, hidden=cfg.hidden, srm=cfg.srm), Critic(hidden=cfg.hidden, srm=cfg.srm)
+    return (Actor(action_dim=cfg.dim, hidden=cfg.hidden, srm=cfg.srm, action=cfg.action),
+            Critic(hidden=cfg.hidden, srm=cfg.srm))
 
 
 def make_losses(cfg: DDPGConfig):
@@ -262,6 +266,8 @@ def make_train(cfg: DDPGConfig, sim: sim_lib.SimData, sim_cfg: sim_lib.SimConfig
         epsilon = jnp.maximum(cfg.epsilon_min, cfg.epsilon - cfg.epsilon_decay * state.env_steps.astype(jnp.float32))
         explore = jax.random.uniform(k_explore, (cfg.n_envs, 1)) < epsilon
         action = action + explore * cfg.sigma * jax.random.normal(k_noise, action.shape)
+        if cfg.action == "unit":
+            action = to_unit(action)
         next_env, reward, done, info = v_step(sim, sim_cfg, env, action, state.emb.item)
         # A user stopped by the horizon is stored as non-terminal: its target bootstraps from Q(s', mu'(s')).
         terminal = done if cfg.horizon_terminal else info["terminal"]
