@@ -189,10 +189,15 @@ def soft_update(target, online, tau: float):
     return jax.tree.map(lambda t, o: (1.0 - tau) * t + tau * o, target, online)
 
 
+def make_optimizers(cfg: DDPGConfig) -> tuple[optax.GradientTransformation, optax.GradientTransformation]:
+    """(actor, critic) optimisers: Adam with their own learning rates (the seed's)."""
+    return optax.adam(cfg.actor_lr), optax.adam(cfg.critic_lr)
+
+
 def make_update(cfg: DDPGConfig):
     """One gradient update from replay: critic, then actor, then targets and priorities."""
     critic_loss, actor_loss = make_losses(cfg)
-    actor_tx, critic_tx = optax.adam(cfg.actor_lr), optax.adam(cfg.critic_lr)
+    actor_tx, critic_tx = make_optimizers(cfg)
 
     def update(state: TrainingState, key: jax.Array) -> tuple[TrainingState, dict]:
         beta = jnp.minimum(1.0, cfg.per_beta + cfg.per_beta_increment * state.updates.astype(jnp.float32))
@@ -229,7 +234,7 @@ def make_train(cfg: DDPGConfig, sim: sim_lib.SimData, sim_cfg: sim_lib.SimConfig
     """
     actor, critic = networks(cfg)
     update = make_update(cfg)
-    actor_tx, critic_tx = optax.adam(cfg.actor_lr), optax.adam(cfg.critic_lr)
+    actor_tx, critic_tx = make_optimizers(cfg)
     n_state, d = cfg.n_state, cfg.dim
     v_reset = jax.vmap(sim_lib.reset, in_axes=(None, None, 0))
     v_step = jax.vmap(sim_lib.step, in_axes=(None, None, 0, 0, None))
