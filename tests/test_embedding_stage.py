@@ -3,7 +3,8 @@ recommend.py and by seeds sharing ``model.embed.seed``; a changed config or a co
 
 Fits are counted by wrapping ``jaxrec.embed.mf.fit_mf`` (ddpg_id) and ``jaxrec.embed.multimodal.fit``
 (ddpg_multimodal). Loaded embeddings must be bit-identical to fitted ones: a run that loads them ends with
-the same final.json as the run that fitted them."""
+the same final.json and logs the same losses as the run that fitted them, and a trainer's initial state is
+the same array for array."""
 from __future__ import annotations
 
 import json
