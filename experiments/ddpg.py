@@ -1,7 +1,11 @@
 """``ddpg_id``: DRR (Liu et al. 2018) trained by DDPG over the offline simulator, ID embeddings.
 
 Pipeline, all on the training part only (``train_view``):
-  1. MF pretraining of user/item embeddings (``jaxrec.embed.mf``, the seed's bce recipe, dim 100);
+  1. MF pretraining of user/item embeddings (``jaxrec.embed.mf``, the seed's bce recipe, dim 100), a stage
+     of its own: fitted once and saved in the run directory (``embeddings/``, experiments/embed_stage.py),
+     then loaded by a resume (whose checkpoint template needs an initial state), by recommend.py and by
+     any seed fitting with the same key. The key is ``split(key)[0]`` of the training seed's key, so each
+     seed has its own embeddings, unless ``model.embed.seed`` = S: then every seed uses seed S's fit;
   2. a simulator replaying the training users' ratings (``jaxrec.envs.simulator``);
   3. DDPG with prioritized replay (``jaxrec.rl.ddpg``); the loop runs in jitted ``lax.scan`` chunks.
 Evaluation: protocol ``drr`` (the seed's one-step top-10 from each held-out user's first 10 items) and
@@ -15,11 +19,13 @@ everything needed to recommend (``experiments/recommend.py``).
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from experiments import embed_stage
 from experiments.progress import Bars
 from experiments.harness import Experiment
 from jaxrec import config as C
@@ -32,10 +38,25 @@ from jaxrec.rl.ddpg import DDPGConfig
 
 
 @dataclasses.dataclass
+class EmbedSeed:
+    """The ``seed`` of a DRR trainer's embedding config (mixed into its ``MFConfig`` or ``MMConfig``)."""
+
+    seed: int | None = None
+    """PRNG seed of the embedding pretraining: none = every training seed fits its own embeddings (key
+    split(key(seed))[0]); an int S = one fit shared by every seed of the run, the one training seed S
+    fits (the paper's fixed pretrained embeddings)."""
+
+
+@dataclasses.dataclass
+class DRREmbedConfig(EmbedSeed, MFConfig):
+    """``MFConfig`` plus ``seed`` (model.embed.* of ddpg_id)."""
+
+
+@dataclasses.dataclass
 class DRRConfig:
     agent: DDPGConfig = dataclasses.field(default_factory=DDPGConfig)
     """DDPG agent, simulator and replay settings (model.agent.*)."""
-    embed: MFConfig = dataclasses.field(default_factory=MFConfig)
+    embed: DRREmbedConfig = dataclasses.field(default_factory=DRREmbedConfig)
     """Embedding pretraining (model.embed.*); its dim must equal model.agent.dim."""
     def validate(self):
         from jaxrec.errors import ConfigError
@@ -66,6 +87,9 @@ class DRRTrainer:
         self._init = self._train = None
         self.bars = Bars(quiet=True)
         """Progress bars for embedding pretraining (the harness sets its own)."""
+        self.stage_dir: Path | None = None
+        """Run root whose ``embeddings/`` holds the fitted embeddings (experiments/embed_stage.py; the
+        harness sets it); None fits them without saving."""
 
     def _build(self, params: mf.MFParams):
         mf_arrays = None
@@ -84,9 +108,45 @@ class DRRTrainer:
                                     blocked=self.data.split.cold_items)
         self._init, self._train, _ = ddpg.make_train(self.agent_cfg, sim, self.sim_cfg)
 
+    embed_fitter = "jaxrec.embed.mf.fit_mf"
+    """The function ``fit_embeddings`` calls (part of the stage's deps: another model is another fit)."""
+
     def mf_config(self, embed) -> MFConfig:
         """The ``MFConfig`` of the fitted embeddings (fold-in and data preparation read it)."""
-        return embed
+        return MFConfig(**{f.name: getattr(embed, f.name) for f in dataclasses.fields(MFConfig)})
+
+    def embed_settings(self) -> dict:
+        """The resolved embedding config the fit reads (``seed`` aside: the key stands for it)."""
+        return dataclasses.asdict(self.embed_cfg)
+
+    def embedding_deps(self, key) -> dict:
+        """Everything the fitted embeddings depend on, as JSON (the stage's entry identity)."""
+        train, inter = self.train_inter, self.data.inter
+        pool = self.data.item_pool()
+        return {
+            "format": embed_stage.FORMAT, "fit": self.embed_fitter, "embed": self.embed_settings(),
+            "split": dataclasses.asdict(self.cfg.data.split),
+            "data": {"name": self.data.meta.get("name"), "n_users": inter.n_users, "n_items": inter.n_items,
+                     "train_rows": len(train.user),
+                     "train_sha256": embed_stage.digest(train.user, train.item, train.rating,
+                                                        np.arange(inter.n_items) if pool is None else pool)},
+            "key": {"impl": str(jax.random.key_impl(key)), "data": np.asarray(jax.random.key_data(key)).tolist()},
+        }
+
+    def embedding_key(self, key) -> jax.Array:
+        """The key of the embedding fit: the training seed's own (split(key)[0], as before the stage existed),
+        or, with ``model.embed.seed`` = S, the one training seed S uses (one fit for all seeds)."""
+        seed = self.cfg.model.embed.seed
+        return jax.random.split(key if seed is None else jax.random.key(seed))[0]
+
+    def embeddings(self, key) -> mf.MFParams:
+        """The embeddings fitted with ``key``: the run's saved stage when it holds them, else fitted now and
+        saved there (bit-identical either way, so a run's numbers do not depend on which happened)."""
+        if self.stage_dir is None:
+            return self.fit_embeddings(key)
+        template = jax.eval_shape(lambda k: mf.init_params(k, self.mf_data, self.data.inter.n_users, self.embed_cfg), key)
+        return embed_stage.load_or_fit(Path(self.stage_dir) / embed_stage.STAGE, self.embedding_deps(key), template,
+                                       lambda: self.fit_embeddings(key))
 
     def fit_embeddings(self, key) -> mf.MFParams:
         """User and item embeddings pretrained on the training part (the item tower DRR acts on)."""
@@ -97,8 +157,8 @@ class DRRTrainer:
                              on_epoch=lambda epoch, loss: (bar.update(1), bar.set_postfix(loss=f"{loss:.4f}")))
 
     def init(self, key):
-        k_mf, k_agent = jax.random.split(key)
-        params = self.fit_embeddings(k_mf)
+        _, k_agent = jax.random.split(key)
+        params = self.embeddings(self.embedding_key(key))
         self._build(params)
         emb = ddpg.Embeddings(user=params.user, item=params.item)
         return {"agent": self._init(k_agent, emb), "mf": params}

@@ -272,10 +272,12 @@ class Checkpoints:
 
 
 def run_single(exp: Experiment, cfg: C.Config, run_dir: Path, data: Dataset, progress: Callable[[str], None] = log_line,
-               bars: Bars | None = None) -> dict:
+               bars: Bars | None = None, stage_dir: Path | None = None) -> dict:
     """Trains and evaluates one seed in ``run_dir``; resumes from its last checkpoint if any.
 
-    ``bars`` draws progress bars on stderr (pretraining, training chunks, evaluation; default: none)."""
+    ``bars`` draws progress bars on stderr (pretraining, training chunks, evaluation; default: none).
+    ``stage_dir``: where a trainer saves stages that seeds can share (pretrained embeddings,
+    experiments/embed_stage.py); default ``run_dir``."""
     bars = bars or Bars(quiet=True)
     rd = RunDir(run_dir)
     rd.check(C.to_dict(cfg))
@@ -287,6 +289,8 @@ def run_single(exp: Experiment, cfg: C.Config, run_dir: Path, data: Dataset, pro
     trainer = exp.make_trainer(cfg, data)
     if hasattr(trainer, "bars"):  # trainers with long steps of their own (e.g. embedding pretraining)
         trainer.bars = bars
+    if hasattr(trainer, "stage_dir"):  # trainers with a stage fitted once per run (pretrained embeddings)
+        trainer.stage_dir = Path(stage_dir or run_dir)
     rd.start(C.to_dict(cfg))
     state = trainer.init(jax.random.key(cfg.seed))
     tc = cfg.train
@@ -492,7 +496,8 @@ def run_experiment(exp: Experiment, cfg: C.Config, run_dir: Path, n_seeds: int =
     finals = []
     for s in range(cfg.seed, cfg.seed + n_seeds):
         progress(f"seed {s}")
-        finals.append(run_single(exp, dataclasses.replace(cfg, seed=s), run_dir / f"seed{s}", data, progress, bars))
+        finals.append(run_single(exp, dataclasses.replace(cfg, seed=s), run_dir / f"seed{s}", data, progress, bars,
+                                 stage_dir=run_dir))
         _release_compiled()
     rd.start({**C.to_dict(cfg), "seeds": n_seeds})
     rd.truncate(0)

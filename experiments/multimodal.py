@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 
 from experiments import ddpg as ddpg_exp
+from experiments import embed_stage
 from experiments import mf as mf_exp
 from experiments.harness import Experiment
 from jaxrec import config as C
@@ -77,10 +78,15 @@ class MMTrainer(mf_exp.MFTrainer):
 
 
 @dataclasses.dataclass
+class MMDRREmbedConfig(ddpg_exp.EmbedSeed, MMConfig):
+    """``MMConfig`` plus ``seed`` (model.embed.* of ddpg_multimodal)."""
+
+
+@dataclasses.dataclass
 class MMDRRConfig:
     agent: DDPGConfig = dataclasses.field(default_factory=lambda: DDPGConfig(dim=128))
     """DDPG agent, simulator and replay settings (model.agent.*); dim = the embedding width (seed: 128)."""
-    embed: MMConfig = dataclasses.field(default_factory=MMConfig)
+    embed: MMDRREmbedConfig = dataclasses.field(default_factory=MMDRREmbedConfig)
     """Multimodal embedding pretraining (model.embed.*); dim + mm_dim must equal model.agent.dim."""
 
     def validate(self):
@@ -96,6 +102,16 @@ class MMDRRTrainer(ddpg_exp.DRRTrainer):
         self.mm = embed
         self.features = load_item_features(self.cfg, embed)
         return embed.mf_view()
+
+    embed_fitter = "jaxrec.embed.multimodal.fit"
+
+    def embed_settings(self) -> dict:
+        return {k: v for k, v in dataclasses.asdict(self.mm).items() if k != "seed"}
+
+    def embedding_deps(self, key) -> dict:
+        """``ddpg_id``'s deps plus the identity of the item features the fusion reads."""
+        return {**super().embedding_deps(key),
+                "features_sha256": embed_stage.digest(*self.features.feats, self.features.present)}
 
     def fit_embeddings(self, key) -> mf.MFParams:
         with self.bars.bar(self.mm.epochs, "pretrain embeddings", unit="epoch") as bar:

@@ -22,6 +22,7 @@ from jaxrec.errors import InputError, read_json
 
 
 def recommend(run_dir: Path, original_user: str, k: int, data_path: str | None = None) -> pd.DataFrame:
+    from experiments.embed_stage import stage_root
     from experiments.harness import Checkpoints, _ckpt_tree, load_dataset
     from experiments.registry import EXPERIMENTS
 
@@ -55,6 +56,9 @@ def recommend(run_dir: Path, original_user: str, k: int, data_path: str | None =
         raise InputError(users_path, f"no user with original id {original_user!r}")
     user = int(users["user"].iloc[match[0]])
     trainer = exp.make_trainer(cfg, data)
+    if hasattr(trainer, "stage_dir"):
+        # init loads the run's saved pretrained embeddings instead of refitting them for a restore template.
+        trainer.stage_dir = stage_root(run_dir, cfg.seed)
     state = trainer.init(jax.random.key(cfg.seed))
     manager = Checkpoints(run_dir / "checkpoints")
     try:
