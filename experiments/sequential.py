@@ -15,9 +15,9 @@ protocol, reported under the protocol name ``next_item`` (full-catalogue ranking
   m3s-model-selection) and the SQN
   papers do. Model selection uses the validation part only.
 
-It is not the harness's ``full`` protocol (one query per user, every later interaction relevant), hence
+It is not the built-in ``full`` protocol (one query per user, every later interaction relevant), hence
 its own name; ``popularity_seq`` gives the popularity floor under this protocol, and ``popularity``'s
-numbers are not comparable with these. ``drr`` (the harness's one-step top-K from each user's state
+numbers are not comparable with these. ``drr`` (the built-in one-step top-K from each user's state
 items) works through ``score_fn``.
 
 Events sources, click vs purchase (as the SQN papers report): on data with event types every run also
@@ -35,8 +35,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from experiments.harness import Experiment, release_freed_memory
+from experiments.memory import release_freed_memory
 from experiments.popularity import PopularityTrainer
+from experiments.trainer import Evaluator, Experiment
 from jaxrec import config as C
 from jaxrec.data.sequences import NextItemQueries, next_item_queries, seen_mask, sequence_chunks, target_seen
 from jaxrec.data.splits import EvalView, guard_model_input, guard_training_input, train_view
@@ -99,12 +100,14 @@ def drop_seen_targets(q: NextItemQueries) -> NextItemQueries:
 
 
 def next_item_metrics(score: Callable, q: NextItemQueries, ks: tuple[int, ...], batch: int,
-                      exclude_seen: bool = True) -> tuple[dict[str, float], int]:
+                      exclude_seen: bool = True,
+                      on_batch: Callable[[int, int], None] | None = None) -> tuple[dict[str, float], int]:
     """Mean metrics over the queries and the number of users they come from.
 
     ``score(windows [B, N]) -> [B, I]``. Queries are scored in fixed-size batches (the last one padded
     with its last query, padded rows dropped) so every jitted function compiles once. With
-    ``exclude_seen`` the queries must come from ``drop_seen_targets``.
+    ``exclude_seen`` the queries must come from ``drop_seen_targets``. ``on_batch(queries_done,
+    queries_total)`` is called after every batch.
     """
     if not len(q):
         return {f"{m}@{k}": float("nan") for k in ks for m in ("hr", "ndcg", "precision", "recall")}, 0
@@ -122,6 +125,8 @@ def next_item_metrics(score: Callable, q: NextItemQueries, ks: tuple[int, ...], 
         per_query = topk_metrics(scores, jnp.asarray(relevant), jnp.asarray(exclude), ks)
         for name, values in per_query.items():
             sums[name] = sums.get(name, 0.0) + float(np.asarray(values, np.float64)[:n_real].sum())
+        if on_batch is not None:
+            on_batch(start + n_real, len(q))
     return {name: sums[name] / len(q) for name in sorted(sums)}, int(len(np.unique(q.user)))
 
 
@@ -160,10 +165,10 @@ class NextItemEvaluator:
         empty = jnp.zeros((batch, self.inter.n_items), bool)
         jax.block_until_ready(topk_metrics(scores, empty, empty, self.ks))
 
-    def evaluate(self, score, view: EvalView, part: str, group: str | None = None):
+    def evaluate(self, score, view: EvalView, part: str, group: str | None = None, on_batch=None):
         """Metrics of one target group (default: ``opts.events``) of a part."""
         q = self.queries(view, part, group or self.opts.events)
-        out = next_item_metrics(score, q, self.ks, self.batch, self.opts.exclude_seen)
+        out = next_item_metrics(score, q, self.ks, self.batch, self.opts.exclude_seen, on_batch)
         release_freed_memory()
         return out
 
@@ -180,6 +185,28 @@ def last_windows(inter, rows: np.ndarray, users: np.ndarray, window: int) -> np.
     cols = end[:, None] - window + np.arange(window)[None, :]
     inside = cols >= begin[:, None]
     return np.where(inside, inter.item[rows[np.maximum(cols, 0)]], out)
+
+
+class NextItemProtocol:
+    """Mixin: ``next_item`` and the event target groups, scored by ``self.evaluator`` from ``window_scores``."""
+
+    evaluator: NextItemEvaluator
+
+    def window_scores(self, state):
+        """``(windows [B, N]) -> scores [B, I]`` of ``state``."""
+        raise NotImplementedError
+
+    def evaluate_next_item(self, state, view: EvalView, part: str, on_batch=None, group: str | None = None):
+        return self.evaluator.evaluate(self.window_scores(state), view, part, group, on_batch)
+
+    def evaluators(self) -> dict[str, Evaluator]:
+        return {"next_item": self.evaluate_next_item}
+
+    def group_evaluators(self) -> dict[str, Evaluator]:
+        def group_evaluator(group):
+            return lambda state, view, part, on_batch=None: self.evaluate_next_item(state, view, part, on_batch, group)
+
+        return {group: group_evaluator(group) for group in self.evaluator.groups}
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -207,7 +234,7 @@ def _compiled_functions(m: SQNConfig, n_items: int) -> dict:
     return _FUNCTIONS[key]
 
 
-class SequentialTrainer:
+class SequentialTrainer(NextItemProtocol):
     """Harness trainer for every ``SQNConfig`` agent (m3s_tdlambda, sqn, sasrec, gru4rec)."""
 
     def __init__(self, cfg: C.Config, data):
@@ -255,7 +282,7 @@ class SequentialTrainer:
         return state, metrics
 
     def score_fn(self, state, view: EvalView):
-        """Next-item scores from each user's last visible items (the harness's per-user protocols)."""
+        """Next-item scores from each user's last visible items (the built-in per-user protocols)."""
         windows = last_windows(self.inter, guard_model_input(view, view.context, "state windows"), view.users,
                                self.cfg.window)
 
@@ -265,14 +292,8 @@ class SequentialTrainer:
 
         return score
 
-    def _evaluate(self, state, view, part, group=None):
-        return self.evaluator.evaluate(lambda w: self._score(state.params, w), view, part, group)
-
-    def evaluate_next_item(self, state, view, part):
-        return self._evaluate(state, view, part)
-
-    def evaluate_groups(self, state, view, part):
-        return {group: self._evaluate(state, view, part, group) for group in self.evaluator.groups}
+    def window_scores(self, state):
+        return lambda w: self._score(state.params, w)
 
     def counters(self, state):
         return {"env_steps": 0, "updates": int(state.step), "samples": samples_count(state)}
@@ -294,7 +315,7 @@ class PopularitySeqConfig:
     """Every held-out interaction is a next-item query, or only those reaching data.relevant_threshold."""
 
 
-class PopularitySeqTrainer(PopularityTrainer):
+class PopularitySeqTrainer(NextItemProtocol, PopularityTrainer):
     """Most-popular training items for every query, under the next-item protocol."""
 
     def __init__(self, cfg: C.Config, data):
@@ -303,16 +324,9 @@ class PopularitySeqTrainer(PopularityTrainer):
         self.evaluator = NextItemEvaluator(cfg, data, NextItemEval(m.window, m.exclude_seen, m.purchase_events,
                                                                    m.eval_events, m.eval_targets))
 
-    def _evaluate(self, state, view, part, group=None):
+    def window_scores(self, state):
         item_scores = state["item_scores"]
-        return self.evaluator.evaluate(lambda w: jnp.broadcast_to(item_scores, (w.shape[0], item_scores.shape[0])),
-                                       view, part, group)
-
-    def evaluate_next_item(self, state, view, part):
-        return self._evaluate(state, view, part)
-
-    def evaluate_groups(self, state, view, part):
-        return {group: self._evaluate(state, view, part, group) for group in self.evaluator.groups}
+        return lambda w: jnp.broadcast_to(item_scores, (w.shape[0], item_scores.shape[0]))
 
 
 # ----------------------------------------------------------------------------------------------------

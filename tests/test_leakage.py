@@ -11,7 +11,7 @@ from experiments import ddpg as ddpg_exp
 from experiments import mf as mf_exp
 from experiments import popularity as pop_exp
 from experiments import sequential as seq_exp
-from experiments.harness import Dataset
+from experiments.dataset import Dataset
 from jaxrec import config as C
 from jaxrec.data.splits import EvalView, eval_view, guard_model_input, guard_training_input, train_view, user_split
 from jaxrec.errors import LeakageError
