@@ -19,10 +19,14 @@ Loop and resume order (written down because resuming must give the same ``final.
   5. After every chunk, before anything of it is logged or saved, a NaN/inf loss or a NaN in the state
      stops the run (``DivergedError``: one line naming the step and the quantity, exit status 3); the
      checkpoints already saved stay as they were.
+
+One trainer serves every seed of a run (``init`` once per seed): what it compiles is compiled once per
+run, and dropped with it when the run ends.
 """
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import sys
@@ -38,17 +42,19 @@ from experiments.memory import release_compiled
 from experiments.plots import write_plots
 from experiments.progress import Bars, log_line
 from experiments.rundir import Checkpoints, RunDir, checkpoint_tree, write_json_atomic
-from experiments.trainer import Experiment, check_evaluators, evaluate, evaluate_groups, selection_value
+from experiments.trainer import Experiment, Trainer, check_evaluators, evaluate, evaluate_groups, selection_value
 from jaxrec import config as C
 from jaxrec.errors import ConfigError, DivergedError
 from jaxrec.eval.stats import aggregate_seeds
 
 
 def run_single(exp: Experiment, cfg: C.Config, run_dir: Path, data: Dataset, progress: Callable[[str], None] = log_line,
-               bars: Bars | None = None) -> dict:
+               bars: Bars | None = None, make_trainer: Callable[[], Trainer] | None = None) -> dict:
     """Trains and evaluates one seed in ``run_dir``; resumes from its last checkpoint if any.
 
-    ``bars`` draws progress bars on stderr (pretraining, training chunks, evaluation; default: none)."""
+    ``bars`` draws progress bars on stderr (pretraining, training chunks, evaluation; default: none).
+    ``make_trainer`` returns the run's trainer (default: a new one from ``exp``); it is called only when
+    the seed has something left to do."""
     bars = bars or Bars(quiet=True)
     rd = RunDir(run_dir)
     rd.check(C.to_dict(cfg))
@@ -57,7 +63,7 @@ def run_single(exp: Experiment, cfg: C.Config, run_dir: Path, data: Dataset, pro
         return json.loads(rd.final.read_text())
     # The trainer is built before anything is written: a setup error (missing features, a bad
     # combination of settings) leaves no run directory behind to block the corrected command.
-    trainer = exp.make_trainer(cfg, data)
+    trainer = make_trainer() if make_trainer is not None else exp.make_trainer(cfg, data)
     check_evaluators(trainer, data, cfg)
     if hasattr(trainer, "bars"):  # trainers with long steps of their own (e.g. embedding pretraining)
         trainer.bars = bars
@@ -189,18 +195,24 @@ def run_experiment(exp: Experiment, cfg: C.Config, run_dir: Path, n_seeds: int =
         raise ConfigError("eval.protocols", "the cold_start protocol needs items held out of training: "
                                             "set data.split.cold_items (e.g. 0.2)")
     data = load_dataset(cfg)
-    if n_seeds == 1:
-        final = run_single(exp, cfg, run_dir, data, progress, bars)
-        release_compiled()
-        return final
-    rd = RunDir(run_dir)
-    # Checked now, written once the seeds ran: a setup error leaves nothing that blocks the fixed command
-    # (each seed's own directory is checked and written the same way by run_single).
-    rd.check({**C.to_dict(cfg), "seeds": n_seeds})
-    finals = []
-    for s in range(cfg.seed, cfg.seed + n_seeds):
-        progress(f"seed {s}")
-        finals.append(run_single(exp, dataclasses.replace(cfg, seed=s), run_dir / f"seed{s}", data, progress, bars))
+    # The run owns its trainer (built on first need, shared by its seeds) and with it whatever the trainer
+    # compiled; clearing the cache drops both once the run is over.
+    trainer = functools.cache(lambda: exp.make_trainer(cfg, data))
+    try:
+        if n_seeds == 1:
+            return run_single(exp, cfg, run_dir, data, progress, bars, trainer)
+        rd = RunDir(run_dir)
+        # Checked now, written once the seeds ran: a setup error leaves nothing that blocks the fixed command
+        # (each seed's own directory is checked and written the same way by run_single).
+        rd.check({**C.to_dict(cfg), "seeds": n_seeds})
+        finals = []
+        for s in range(cfg.seed, cfg.seed + n_seeds):
+            progress(f"seed {s}")
+            finals.append(run_single(exp, dataclasses.replace(cfg, seed=s), run_dir / f"seed{s}", data, progress,
+                                     bars, trainer))
+            release_compiled()
+    finally:
+        trainer.cache_clear()
         release_compiled()
     rd.start({**C.to_dict(cfg), "seeds": n_seeds})
     rd.truncate(0)

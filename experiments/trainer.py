@@ -80,6 +80,8 @@ class Experiment:
     description: str
     make_config: Callable[[], C.Config]
     make_trainer: Callable[[C.Config, Dataset], Trainer]
+    """Builds the trainer of a run; a multi-seed run builds it once and calls ``init`` once per seed, so
+    a trainer depends on its config but never on ``cfg.seed``."""
     quick: tuple[str, ...] = ()
     """``--set`` overrides applied by ``--quick`` (a tiny but real configuration)."""
     protocols: tuple[str, ...] = ("full",)
