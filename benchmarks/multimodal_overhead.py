@@ -55,7 +55,8 @@ def time_run(name: str, data_dir: Path, features: Path, modalities: str, steps: 
              baseline_dim: int | None = None) -> dict:
     import jax
 
-    from experiments.harness import evaluate, load_dataset
+    from experiments.dataset import load_dataset
+    from experiments.trainer import evaluate
     from experiments.registry import EXPERIMENTS
     from experiments.run import build_parser, resolve_config
 

@@ -126,7 +126,7 @@ def value_of(cfg, key: str):
 
 
 def run_grid(grid: Grid, args, out: Path, progress=print) -> list[dict]:
-    from experiments.harness import run_experiment
+    from experiments.loop import run_experiment
     from experiments.registry import EXPERIMENTS
 
     exp = EXPERIMENTS[grid.exp]

@@ -27,7 +27,7 @@ import numpy as np
 
 from experiments import embed_stage
 from experiments.progress import Bars
-from experiments.harness import Experiment
+from experiments.trainer import Experiment, StandardEvaluation
 from jaxrec import config as C
 from jaxrec.data.splits import EvalView, guard_model_input, guard_training_input, train_view
 from jaxrec.embed import mf
@@ -65,7 +65,7 @@ class DRRConfig:
             raise ConfigError("model.embed.dim", f"{self.embed.dim} != model.agent.dim {self.agent.dim}")
 
 
-class DRRTrainer:
+class DRRTrainer(StandardEvaluation):
     def __init__(self, cfg: C.Config, data):
         self.cfg, self.data = cfg, data
         self.agent_cfg = cfg.model.agent

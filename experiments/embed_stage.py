@@ -133,7 +133,7 @@ def load_or_fit(directory: Path, deps: dict, template, fit: Callable[[], Any],
 
 def stage_root(run_dir: Path, seed: int) -> Path:
     """Where a finished or running seed directory's stages are: a seed directory ``ROOT/seedS`` of a
-    multi-seed run (``harness.run_experiment``'s layout) shares ``ROOT/embeddings`` with its sibling seeds;
+    multi-seed run (``loop.run_experiment``'s layout) shares ``ROOT/embeddings`` with its sibling seeds;
     any other run directory is its own root."""
     run_dir = Path(run_dir)
     if run_dir.name == f"seed{seed}" and (run_dir.parent / STAGE).is_dir() and not (run_dir / STAGE).is_dir():

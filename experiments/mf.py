@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from experiments.harness import Experiment
+from experiments.trainer import Evaluator, Experiment, StandardEvaluation
 from jaxrec import config as C
 from jaxrec.data.splits import EvalView, guard_model_input, guard_training_input, train_view
 from jaxrec.embed import mf
@@ -26,7 +26,7 @@ from jaxrec.embed.mf import MFConfig
 from jaxrec.errors import ConfigError
 from jaxrec.eval.protocols import drr_protocol, state_rows
 
-class MFTrainer:
+class MFTrainer(StandardEvaluation):
     def __init__(self, cfg: C.Config, data):
         if cfg.model.epochs != cfg.train.steps:
             raise ConfigError("model.epochs", f"the {cfg.exp} experiment trains one epoch per step: model.epochs "
@@ -87,14 +87,18 @@ class MFTrainer:
         params = self.folded_params(state["params"], view.users, rows, refit_all=False)
         return lambda users, context: mf.score(params, users)
 
-    def evaluate_drr(self, state, view: EvalView, part: str):
+    def evaluators(self) -> dict[str, Evaluator]:
+        return {"drr": self.evaluate_drr}
+
+    def evaluate_drr(self, state, view: EvalView, part: str, on_batch=None):
+        """``drr`` with each user folded in from their state items only (what the protocol shows the model)."""
         del part
         heldout, ev = self.split.heldout_users, self.cfg.eval
         sv = state_rows(self.inter, view, ev.drr_n_state, heldout)
         rows = guard_model_input(view, sv.context, "fold-in")
         params = self.folded_params(state["params"], sv.users, rows, refit_all=True)
         return drr_protocol(lambda users, context: mf.score(params, users), self.inter, view, self.relevant_threshold,
-                            ev.drr_n_state, heldout, ev.drr_ks, ev.drr_ideal, ev.batch_users)
+                            ev.drr_n_state, heldout, ev.drr_ks, ev.drr_ideal, ev.batch_users, on_batch)
 
     def counters(self, state):
         return {"env_steps": 0, "updates": int(state["epoch"]) * self.data.steps_per_epoch}

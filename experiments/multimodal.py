@@ -25,7 +25,7 @@ import jax.numpy as jnp
 from experiments import ddpg as ddpg_exp
 from experiments import embed_stage
 from experiments import mf as mf_exp
-from experiments.harness import Experiment
+from experiments.trainer import Experiment
 from jaxrec import config as C
 from jaxrec.embed import mf
 from jaxrec.embed import multimodal as mm
@@ -73,8 +73,8 @@ class MMTrainer(mf_exp.MFTrainer):
     def score_fn(self, state, view):
         return super().score_fn(self.fitted(state), view)
 
-    def evaluate_drr(self, state, view, part):
-        return super().evaluate_drr(self.fitted(state), view, part)
+    def evaluate_drr(self, state, view, part, on_batch=None):
+        return super().evaluate_drr(self.fitted(state), view, part, on_batch)
 
 
 @dataclasses.dataclass

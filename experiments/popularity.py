@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 
 
+from experiments.trainer import StandardEvaluation
 from jaxrec import config as C
 from jaxrec.baselines import broadcast_scores, popularity_scores
 from jaxrec.data.splits import guard_training_input, train_view
@@ -20,7 +21,7 @@ class PopularityConfig:
     """Count only training interactions whose rating/reward reaches the relevance threshold."""
 
 
-class PopularityTrainer:
+class PopularityTrainer(StandardEvaluation):
     def __init__(self, cfg: C.Config, data):
         self.train_inter = guard_training_input(data.split, train_view(data.inter, data.split), "popularity counts")
         self.min_rating = data.relevant_threshold if cfg.model.positives_only else None

@@ -22,9 +22,10 @@ from jaxrec.errors import InputError, read_json
 
 
 def recommend(run_dir: Path, original_user: str, k: int, data_path: str | None = None) -> pd.DataFrame:
+    from experiments.dataset import load_dataset
     from experiments.embed_stage import stage_root
-    from experiments.harness import Checkpoints, _ckpt_tree, load_dataset
     from experiments.registry import EXPERIMENTS
+    from experiments.rundir import Checkpoints, checkpoint_tree
 
     cfg_path = run_dir / "config.json"
     if not cfg_path.is_file():
@@ -65,7 +66,7 @@ def recommend(run_dir: Path, original_user: str, k: int, data_path: str | None =
         latest = manager.latest()
         if latest is None:
             raise InputError(run_dir / "checkpoints", "no checkpoint: the run has not saved one yet")
-        best = manager.restore(latest, _ckpt_tree(state, state, 0, 0.0, 0, 0.0))["best"]
+        best = manager.restore(latest, checkpoint_tree(state, state, 0, 0.0, 0, 0.0))["best"]
     finally:
         manager.close()
     inter = data.inter

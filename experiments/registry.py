@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from experiments import ddpg, mf, multimodal, popularity, sequential
-from experiments.harness import Experiment
+from experiments.trainer import Experiment
 
 EXPERIMENTS: dict[str, Experiment] = {}
 

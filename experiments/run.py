@@ -68,7 +68,7 @@ def main_args(argv):
         for key, type_name, value, doc in C.describe(cfg):
             print(f"{key} ({type_name}) = {value!r}\n    {doc}")
         return
-    from experiments.harness import run_experiment
+    from experiments.loop import run_experiment
 
     suffix = "-quick" if args.quick else ""
     seeds = f"seed{cfg.seed}" if args.seeds == 1 else f"seeds{cfg.seed}-{cfg.seed + args.seeds - 1}"

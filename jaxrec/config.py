@@ -97,7 +97,7 @@ class EvalConfig:
     """Evaluation protocols: full = rank every item not in the visible history; drr = the DRR seed's
     one-step top-K from each user's state items; cold_start = rank only the items held out of training
     by data.split.cold_items (jaxrec.eval.protocols); next_item = the sequential experiments' protocol,
-    one query per held-out interaction ranked from the items before it (experiments/sequential.py)."""
+    one query per held-out interaction ranked from the items before it (jaxrec/eval/next_item.py)."""
     ks: tuple[int, ...] = (5, 10, 20)
     """Cut-offs K for hr@K, precision@K, recall@K, ndcg@K."""
     select: str = "ndcg@10"

@@ -8,7 +8,7 @@ import pytest
 
 from jaxrec.data.splits import train_view, user_split
 from jaxrec.envs import simulator as S
-from jaxrec.nets.drr import SRM_KINDS, Actor, Critic, StateRepr, srm_dim
+from jaxrec.nets.drr import SRM_KINDS, StateRepr, srm_dim
 from jaxrec.rl import ddpg
 from tests.helpers import synthetic_interactions
 

@@ -180,7 +180,7 @@ def test_an_unreadable_entry_warns_and_is_refitted_identically(data_dir, two_see
 
 def test_multimodal_embeddings_are_saved_and_loaded_bit_identical(tmp_path, fits):
     from experiments.multimodal import EXPERIMENTS
-    from experiments.harness import load_dataset
+    from experiments.dataset import load_dataset
     from experiments.run import build_parser, resolve_config
     from tests.helpers import planted_content, write_features
 
@@ -230,7 +230,7 @@ def _assert_same(a, b):
 def _trainer(data_dir, stage_root, *sets):
     """A ddpg_id trainer as the harness builds it (--quick + QUICK), saving its stage under ``stage_root``."""
     from experiments import ddpg
-    from experiments.harness import load_dataset
+    from experiments.dataset import load_dataset
     from experiments.run import build_parser, resolve_config
 
     args = build_parser().parse_args(["--exp=ddpg_id", "--data", str(data_dir), *QUICK, *sets])

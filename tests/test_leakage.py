@@ -10,8 +10,9 @@ import pytest
 from experiments import ddpg as ddpg_exp
 from experiments import mf as mf_exp
 from experiments import popularity as pop_exp
-from experiments import sequential as seq_exp
-from experiments.harness import Dataset
+from experiments.dataset import Dataset
+from experiments.sequential import configs as seq_configs
+from experiments.sequential import trainer as seq_trainer
 from jaxrec import config as C
 from jaxrec.data.splits import EvalView, eval_view, guard_model_input, guard_training_input, train_view, user_split
 from jaxrec.errors import LeakageError
@@ -54,7 +55,7 @@ def _quick(make_config, quick, *extra):
 @pytest.mark.parametrize("module,make,consumer", [
     (mf_exp, lambda d: mf_exp.make_trainer(_quick(mf_exp.make_config, mf_exp.EXPERIMENT.quick), d), "MF fitting"),
     (ddpg_exp, lambda d: ddpg_exp.make_trainer(_quick(ddpg_exp.make_config, ddpg_exp.EXPERIMENT.quick), d), "MF fitting"),
-    (seq_exp, lambda d: seq_exp.SequentialTrainer(_quick(seq_exp.m3s_config, seq_exp.QUICK), d), "sequence windows"),
+    (seq_trainer, lambda d: seq_trainer.SequentialTrainer(_quick(seq_configs.m3s_config, seq_configs.QUICK), d), "sequence windows"),
     (pop_exp, lambda d: pop_exp.make_trainer(pop_exp.make_config(), d), "popularity counts"),
 ])
 def test_a_test_row_planted_in_training_data_is_refused(data, monkeypatch, module, make, consumer):
@@ -102,7 +103,7 @@ def test_evaluation_inputs_refuse_planted_targets(data, drr):
     with pytest.raises(LeakageError, match="^fold-in: 2 evaluation targets"):
         drr_trainer.evaluate_drr(mf_state, leaky_view(view), "val")
 
-    seq = seq_exp.SequentialTrainer(_quick(seq_exp.m3s_config, seq_exp.QUICK), data)
+    seq = seq_trainer.SequentialTrainer(_quick(seq_configs.m3s_config, seq_configs.QUICK), data)
     seq_state = seq.init(jax.random.key(0))
     seq.score_fn(seq_state, view)
     with pytest.raises(LeakageError, match="^state windows: 2 evaluation targets"):

@@ -8,7 +8,7 @@ import pytest
 
 from experiments import mf as mf_exp
 from experiments import registry
-from experiments.harness import Dataset
+from experiments.dataset import Dataset
 from experiments.run import main
 from jaxrec import config as C
 from jaxrec.data.splits import eval_view, user_split

@@ -174,7 +174,7 @@ def test_training_reduces_the_loss_and_is_reproducible(planted):
 
 
 def _run(exp, data_dir, features_dir, run_dir, *sets, quick=False):
-    from experiments.harness import run_experiment
+    from experiments.loop import run_experiment
     from experiments.registry import EXPERIMENTS
     from experiments.run import build_parser, resolve_config
 

@@ -10,11 +10,12 @@ import numpy as np
 import pytest
 
 from experiments import registry
-from experiments.harness import Experiment, aggregate_seeds, t975
+from experiments.trainer import Experiment, StandardEvaluation
 from experiments.run import main
 from jaxrec import config as C
 from jaxrec.baselines import broadcast_scores
 from jaxrec.data.splits import train_view
+from jaxrec.eval.stats import aggregate_seeds, t975
 from tests.helpers import REPO, synthetic_interactions, write_prepared
 
 CHECKER = REPO.parent / "shared" / "tools" / "check_contracts.py"
@@ -116,7 +117,7 @@ class Interrupt(Exception):
     pass
 
 
-class ToyTrainer:
+class ToyTrainer(StandardEvaluation):
     crash_after: int | None = None
     poison_after: int | None = None  # a chunk ending past this step returns a NaN in `poison`
     poison: str = "w"
@@ -313,3 +314,18 @@ def test_progress_bars_on_stderr_unless_quiet_or_ci(data_dir, tmp_path, capsys, 
 
     monkeypatch.setenv("CI", "1")
     assert Bars(quiet=False).quiet and Bars(quiet=False).bar(3, "x").disable
+
+
+def test_unknown_protocol_is_refused_naming_it_and_the_allowed_ones(toy_experiment, data_dir, tmp_path, capsys,
+                                                                    monkeypatch):
+    rc, _, err = _run(["--exp=popularity", "--data", str(data_dir), "--run-dir", str(tmp_path / "a"), "--set",
+                       "eval.protocols=next_item"], capsys)
+    assert rc == 2 and len(err.strip().splitlines()) == 1
+    assert "eval.protocols: unknown protocol 'next_item' for experiment popularity; allowed: full, drr, cold_start" in err
+    # A protocol the experiment lists but its trainer cannot score: refused before the run directory is written.
+    monkeypatch.setitem(registry.EXPERIMENTS, "toy", dataclasses.replace(toy_experiment, protocols=("full", "next_item")))
+    rc, _, err = _run(["--exp=toy", "--data", str(data_dir), "--run-dir", str(tmp_path / "b"), "--set",
+                       "eval.protocols=next_item"], capsys)
+    assert rc == 2 and len(err.strip().splitlines()) == 1
+    assert "unknown protocol 'next_item' for ToyTrainer (experiment toy); it provides: full, drr, cold_start" in err
+    assert not (tmp_path / "b").exists()

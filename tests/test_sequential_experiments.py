@@ -4,15 +4,17 @@ import json
 import subprocess
 import sys
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from experiments import sequential
+from experiments.sequential import configs, trainer as seq_trainer
 from experiments.run import main
 from jaxrec import config as C
 from jaxrec.data.sequences import next_item_queries
 from jaxrec.errors import ConfigError
+from jaxrec.eval import next_item
 from tests.helpers import REPO, make_interactions, synthetic_interactions, write_prepared
 
 CHECKER = REPO.parent / "shared" / "tools" / "check_contracts.py"
@@ -54,17 +56,17 @@ def test_m3s_quick_end_to_end_and_exact_resume(data_dir, tmp_path, monkeypatch, 
     assert (straight / "plots" / "metrics.png").stat().st_size > 0
 
     resumed = tmp_path / "resumed"
-    original = sequential.SequentialTrainer.train
+    original = seq_trainer.SequentialTrainer.train
 
     def crashing(self, state, n_steps):
         if int(state.step) >= 7:
             raise Interrupt
         return original(self, state, n_steps)
 
-    monkeypatch.setattr(sequential.SequentialTrainer, "train", crashing)
+    monkeypatch.setattr(seq_trainer.SequentialTrainer, "train", crashing)
     with pytest.raises(Interrupt):
         main(args + ["--run-dir", str(resumed)])
-    monkeypatch.setattr(sequential.SequentialTrainer, "train", original)
+    monkeypatch.setattr(seq_trainer.SequentialTrainer, "train", original)
     capsys.readouterr()
     assert main(args + ["--run-dir", str(resumed)]) == 0
     assert "resuming from step 6" in capsys.readouterr().out
@@ -172,6 +174,40 @@ def test_event_data_reports_click_and_purchase_targets_apart(tmp_path):
     assert f"{f['by_event']['test']['purchase']['hr@5']:.4f}" in text
 
 
+def test_seeds_of_a_run_share_one_compiled_training_step_and_runs_do_not(data_dir, tmp_path, monkeypatch):
+    """The run owns its trainer and so its compiled step: N seeds trace it once; another run (another
+    config, or the same one again) in the same process builds and traces its own."""
+    traces = []
+    real = seq_trainer.make_train
+
+    def counting_make_train(m, network):
+        init, train = real(m, network)
+        step = train.__wrapped__
+
+        def counted(*args):
+            traces.append(repr(m))  # runs once per trace, never per call of the compiled step
+            return step(*args)
+
+        return init, jax.jit(counted)
+
+    monkeypatch.setattr(seq_trainer, "make_train", counting_make_train)
+    args = ["--exp=sqn", "--quick", "--data", str(data_dir), *USERS]
+    assert main(args + ["--run-dir", str(tmp_path / "seeds"), "--seeds", "3"]) == 0
+    assert len(traces) == 1
+    assert main(args + ["model.lr=0.002", "--run-dir", str(tmp_path / "other")]) == 0
+    assert len(traces) == 2 and traces[0] != traces[1]
+    assert main(args + ["--run-dir", str(tmp_path / "again")]) == 0  # the same config, a new run
+    assert len(traces) == 3 and traces[2] == traces[0]
+
+    cfg = C.apply_overrides(configs.sqn_config(), list(configs.QUICK) + USERS[1:])
+    from experiments.dataset import load_dataset
+
+    data = load_dataset(C.apply_overrides(cfg, [f"data.path={data_dir}"]))
+    a = seq_trainer.SequentialTrainer(cfg, data)
+    b = seq_trainer.SequentialTrainer(C.apply_overrides(cfg, ["model.lr=0.002"]), data)
+    assert a._train is not b._train and a._compiled is not b._compiled
+
+
 def test_metrics_exclude_seen_items_by_hand():
     inter = make_interactions([(0, 0, 5, 0), (0, 1, 5, 1), (0, 2, 5, 2), (0, 3, 5, 3)], n_items=5)
     q = next_item_queries(inter, np.arange(4), np.array([3]), window=2)  # target 3, seen {0, 1, 2}
@@ -181,11 +217,11 @@ def test_metrics_exclude_seen_items_by_hand():
         return jnp.broadcast_to(scores, (windows.shape[0], 5))
 
     ks = (1, 2, 5)
-    m, users = sequential.next_item_metrics(score, q, ks, batch=4, exclude_seen=True)
+    m, users = next_item.next_item_metrics(score, q, ks, batch=4, exclude_seen=True)
     # Ranking without seen items: 4 (20), 3 (7): the target is second.
     assert users == 1
     assert (m["hr@1"], m["hr@2"], m["ndcg@2"]) == (0.0, 1.0, pytest.approx(1 / np.log2(3)))
-    m, _ = sequential.next_item_metrics(score, q, ks, batch=4, exclude_seen=False)
+    m, _ = next_item.next_item_metrics(score, q, ks, batch=4, exclude_seen=False)
     # Ranking over everything: 4, 0, 1, 2, 3: the target is fifth.
     assert (m["hr@2"], m["hr@5"], m["ndcg@5"]) == (0.0, 1.0, pytest.approx(1 / np.log2(6)))
 
@@ -193,33 +229,33 @@ def test_metrics_exclude_seen_items_by_hand():
 def test_repeated_targets_are_left_out_when_seen_items_are_excluded():
     inter = make_interactions([(0, 0, 5, 0), (0, 1, 5, 1), (0, 0, 5, 2), (0, 2, 5, 3)], n_items=4)
     q = next_item_queries(inter, np.arange(4), np.array([1, 2, 3]), window=2)
-    kept = sequential.drop_seen_targets(q)
+    kept = next_item.drop_seen_targets(q)
     np.testing.assert_array_equal(kept.target, [1, 2])  # the second 0 was seen before
 
 
 def test_event_groups_and_their_errors():
     inter = synthetic_interactions(n_users=4, n_items=10, per_user=(5, 6), seed=1)
     with pytest.raises(ConfigError, match="events source"):
-        sequential.check_event_group(inter, "purchase", ("transaction",))
+        next_item.check_event_group(inter, "purchase", ("transaction",))
     import dataclasses
 
     ev = dataclasses.replace(inter, event=(np.arange(len(inter)) % 3).astype(np.int8),
                              event_types=("view", "addtocart", "transaction"))
     q = next_item_queries(ev, np.arange(len(ev)), np.arange(len(ev)), window=3)
-    buy = sequential.event_subset(q, ev, "purchase", ("transaction",))
-    click = sequential.event_subset(q, ev, "click", ("transaction",))
+    buy = next_item.event_subset(q, ev, "purchase", ("transaction",))
+    click = next_item.event_subset(q, ev, "click", ("transaction",))
     assert (buy.event == 2).all() and (click.event != 2).all() and len(buy) + len(click) == len(q)
     with pytest.raises(ConfigError, match="purchase_events"):
-        sequential.check_event_group(ev, "click", ("buy",))
+        next_item.check_event_group(ev, "click", ("buy",))
 
 
 def test_config_keys_and_defaults():
-    cfg = sequential.m3s_config()
+    cfg = configs.m3s_config()
     keys = {k for k, *_ in C.describe(cfg)}
     assert {"model.lam", "model.n_steps", "model.ssl", "model.negatives", "model.double_q", "train.steps"} <= keys
     assert all(doc for k, _, _, doc in C.describe(cfg) if k.startswith("model."))
-    assert sequential.sqn_config().model.n_steps == 1 and sequential.sasrec_config().model.q_weight == 0
-    assert sequential.gru4rec_config().model.backbone == "gru"
+    assert configs.sqn_config().model.n_steps == 1 and configs.sasrec_config().model.q_weight == 0
+    assert configs.gru4rec_config().model.backbone == "gru"
     with pytest.raises(ConfigError):
         C.apply_overrides(cfg, ["model.batch_size=100"])  # not a multiple of the chunk
 
@@ -239,14 +275,16 @@ def test_end_of_training_history_is_a_cut_under_temporal_splits(data_dir, scheme
     """Under a temporal split a user's training history continues in validation/test, so its end is a cut
     (bootstrap); under the user split the training part is the user's whole log, so it is an episode end.
     An explicit model.bootstrap_at_end wins either way."""
-    from experiments.harness import load_dataset
+    from experiments.dataset import load_dataset
 
-    exp = sequential.EXPERIMENTS[0]
+    from experiments.sequential import EXPERIMENTS
+
+    exp = EXPERIMENTS[0]
     for explicit in (None, True, False):
         sets = [f"data.path={data_dir}", f"data.split.scheme={scheme}", *exp.quick]
         if explicit is not None:
             sets.append(f"model.bootstrap_at_end={str(explicit).lower()}")
         cfg = C.apply_overrides(exp.make_config(), sets)
         assert cfg.model.bootstrap_at_end is explicit
-        trainer = sequential.SequentialTrainer(cfg, load_dataset(cfg))
+        trainer = seq_trainer.SequentialTrainer(cfg, load_dataset(cfg))
         assert trainer.cfg.bootstrap_at_end is (cut if explicit is None else explicit)

@@ -1,0 +1,124 @@
+"""A run directory's files (docs/design.md, section 4): ``config.json``, ``metrics.jsonl``, ``final.json``
+and the orbax ``checkpoints/``, each written so that an interrupted run can be resumed and a finished one
+is never half-written."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from jaxrec.errors import InputError
+
+
+class RunDir:
+    def __init__(self, path):
+        self.path = Path(path)
+        self.metrics = self.path / "metrics.jsonl"
+        self.final = self.path / "final.json"
+        self.ckpt_dir = self.path / "checkpoints"
+
+    def check(self, cfg_dict: dict):
+        """Refuses an existing directory that holds another config (touching nothing)."""
+        cfg_path = self.path / "config.json"
+        if cfg_path.exists():
+            old = json.loads(cfg_path.read_text())
+            if old != cfg_dict:
+                diffs = _diff(old, cfg_dict)
+                raise InputError(cfg_path, f"this run directory holds a different config ({'; '.join(diffs[:5])}); "
+                                           "pass another --run-dir or repeat the original command to resume")
+
+    def start(self, cfg_dict: dict):
+        """Creates the directory or checks that an existing one holds the same config."""
+        self.check(cfg_dict)
+        if not (self.path / "config.json").exists():
+            self.path.mkdir(parents=True, exist_ok=True)
+            write_json_atomic(self.path / "config.json", cfg_dict)
+
+    def log(self, record: dict):
+        with open(self.metrics, "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def n_lines(self) -> int:
+        if not self.metrics.exists():
+            return 0
+        with open(self.metrics) as f:
+            return sum(1 for _ in f)
+
+    def truncate(self, n_lines: int):
+        if not self.metrics.exists():
+            return
+        lines = self.metrics.read_text().splitlines(keepends=True)[:n_lines]
+        tmp = self.metrics.with_suffix(".tmp")
+        tmp.write_text("".join(lines))
+        os.replace(tmp, self.metrics)
+
+
+def _diff(a: dict, b: dict, prefix="") -> list[str]:
+    out = []
+    for k in sorted(set(a) | set(b)):
+        va, vb = a.get(k), b.get(k)
+        if isinstance(va, dict) and isinstance(vb, dict):
+            out += _diff(va, vb, f"{prefix}{k}.")
+        elif va != vb:
+            out.append(f"{prefix}{k}: {va!r} there, {vb!r} now")
+    return out
+
+
+def write_json_atomic(path: Path, obj):
+    """Writes ``obj`` to a temporary file and renames it into place: readers never see half a file."""
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def checkpoint_tree(state, best, step, wall_s, n_lines, best_val) -> dict:
+    """The checkpointed pytree (0-d arrays: orbax saves arrays, not Python or numpy scalars)."""
+    return {"state": state, "best": best, "step": np.asarray(step, np.int64), "wall_s": np.asarray(wall_s, np.float64),
+            "n_lines": np.asarray(n_lines, np.int64), "best_val": np.asarray(best_val, np.float64)}
+
+
+class Checkpoints:
+    """Orbax checkpoints of the loop's ``{state, best, step, ...}`` pytree (``checkpoint_tree``)."""
+
+    def __init__(self, directory: Path, max_to_keep: int = 2):
+        import orbax.checkpoint as ocp
+
+        self._ocp = ocp
+        self.directory = Path(directory)
+        self.manager = ocp.CheckpointManager(directory.resolve(), options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep))
+
+    def latest(self) -> int | None:
+        return self.manager.latest_step()
+
+    def save(self, step: int, tree):
+        self.manager.save(step, args=self._ocp.args.StandardSave(tree), force=True)
+        self.manager.wait_until_finished()
+
+    def restore(self, step: int, target):
+        return self.manager.restore(step, args=self._ocp.args.StandardRestore(target))
+
+    def restore_latest(self, target, warn: Callable[[str], None]):
+        """(tree, step) of the newest checkpoint that restores into ``target``; (None, None) if none exist.
+
+        A checkpoint that cannot be read (corrupted, truncated, half-written by a killed process) is moved
+        aside to ``checkpoints.unreadable/STEP``, never deleted, with a warning, and the previous one is
+        tried: a crash during a save costs one checkpoint period, not the run."""
+        for step in sorted(self.manager.all_steps(), reverse=True):
+            try:
+                return self.restore(step, target), step
+            except Exception as e:  # orbax raises many types (ValueError, OSError, tensorstore errors)
+                aside = self.directory.parent / f"{self.directory.name}.unreadable" / str(step)
+                aside.parent.mkdir(exist_ok=True)
+                shutil.rmtree(aside, ignore_errors=True)
+                os.replace(self.directory / str(step), aside)
+                self.manager.reload()
+                warn(f"warning: checkpoint {step} cannot be read ({type(e).__name__}: {str(e).splitlines()[0][:160]}); "
+                     f"moved to {aside}, falling back to the previous one")
+        return None, None
+
+    def close(self):
+        self.manager.close()

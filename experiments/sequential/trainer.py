@@ -1,0 +1,132 @@
+"""Trainers of the sequential experiments: every ``SQNConfig`` agent, and the popularity floor, both
+scored by the next-item protocol (``jaxrec.eval.next_item``)."""
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from experiments.memory import release_freed_memory
+from experiments.popularity import PopularityTrainer
+from experiments.trainer import Evaluator, StandardEvaluation
+from jaxrec import config as C
+from jaxrec.data.sequences import sequence_chunks
+from jaxrec.data.splits import EvalView, guard_model_input, guard_training_input, train_view
+from jaxrec.errors import ConfigError
+from jaxrec.eval.next_item import NextItemEval, NextItemEvaluator, last_windows
+from jaxrec.rl.sqn import SQNConfig, make_scorer, make_train, samples_count
+
+
+def next_item_evaluator(cfg: C.Config, data) -> NextItemEvaluator:
+    """The next-item evaluator of a run, with the protocol options of its ``model`` config."""
+    m = cfg.model
+    return NextItemEvaluator(data.inter, data.relevant_threshold, tuple(cfg.eval.ks), cfg.eval.batch_users,
+                             NextItemEval(m.window, m.exclude_seen, m.purchase_events, m.eval_events, m.eval_targets))
+
+
+class NextItemProtocol(StandardEvaluation):
+    """Mixin: ``next_item`` and the event target groups, scored by ``self.evaluator`` from ``window_scores``."""
+
+    evaluator: NextItemEvaluator
+
+    def window_scores(self, state):
+        """``(windows [B, N]) -> scores [B, I]`` of ``state``."""
+        raise NotImplementedError
+
+    def evaluate_next_item(self, state, view: EvalView, part: str, on_batch=None, group: str | None = None):
+        out = self.evaluator.evaluate(self.window_scores(state), view, part, group, on_batch)
+        release_freed_memory()
+        return out
+
+    def evaluators(self) -> dict[str, Evaluator]:
+        return {"next_item": self.evaluate_next_item}
+
+    def group_evaluators(self) -> dict[str, Evaluator]:
+        def group_evaluator(group):
+            return lambda state, view, part, on_batch=None: self.evaluate_next_item(state, view, part, on_batch, group)
+
+        return {group: group_evaluator(group) for group in self.evaluator.groups}
+
+
+class SequentialTrainer(NextItemProtocol):
+    """Trainer for every ``SQNConfig`` agent (m3s_tdlambda, sqn, sasrec, gru4rec).
+
+    It owns its jitted init/train/score functions and the compiled training step per data shape: a run
+    builds one trainer for all of its seeds (``experiments.loop``), so ``--seeds N`` compiles them once,
+    and they go when the run does.
+    """
+
+    def __init__(self, cfg: C.Config, data):
+        m: SQNConfig = cfg.model.for_split(data.split.heldout_users)
+        if cfg.devices != 1:
+            raise ConfigError("--devices", "the sequential experiments run on one device")
+        self.cfg, self.inter = m, data.inter
+        # Training windows come only from the training rows (checked on what reaches the windows).
+        train = guard_training_input(data.split, train_view(data.inter, data.split), "sequence windows")
+        chunks = sequence_chunks(train, m.window, m.lookahead, m.chunk, m.min_history)
+        self.n_train_samples = chunks.n_samples
+        if self.n_train_samples == 0:
+            raise ConfigError("data", "the training part has no transition (every user needs more than "
+                                      "model.min_history interactions)")
+        # Only the device copy is kept (the host arrays would double the data's share of the peak).
+        self.data = jax.device_put(chunks.arrays())
+        del chunks, train
+        release_freed_memory()
+        network = m.network(data.inter.n_items)
+        self._init, self._train = make_train(m, network)
+        self._score = make_scorer(m, network)
+        self._compiled: dict[str, Any] = {}
+        self.evaluator = next_item_evaluator(cfg, data)
+
+    def init(self, key):
+        state = self._init(key)
+        # Compile the evaluation functions now, while little is allocated, and hand their compile-time
+        # memory back before training: the process peak stays max(train, eval), not their sum.
+        self.evaluator.warm_up(lambda w: self._score(state.params, w), self.cfg.window)
+        release_freed_memory()
+        return state
+
+    def train(self, state, n_steps):
+        shapes = str(jax.tree.map(lambda x: (x.shape, x.dtype), self.data))
+        compiled = self._compiled.get(shapes)
+        if compiled is None:
+            # Compiled ahead of the first run (n_steps is a traced loop bound, so once) and the compiler's
+            # freed memory returned before the step's own buffers are allocated: a lower process peak.
+            compiled = self._train.lower(state, self.data, jnp.int32(n_steps)).compile()
+            self._compiled[shapes] = compiled
+            release_freed_memory()
+        state, metrics = compiled(state, self.data, jnp.int32(n_steps))
+        metrics = {k: float(v) for k, v in metrics.items()}
+        release_freed_memory()
+        return state, metrics
+
+    def score_fn(self, state, view: EvalView):
+        """Next-item scores from each user's last visible items (the built-in per-user protocols)."""
+        windows = last_windows(self.inter, guard_model_input(view, view.context, "state windows"), view.users,
+                               self.cfg.window)
+
+        def score(users, context):
+            pos = np.searchsorted(view.users, np.asarray(users))
+            return self._score(state.params, jnp.asarray(windows[pos]))
+
+        return score
+
+    def window_scores(self, state):
+        return lambda w: self._score(state.params, w)
+
+    def counters(self, state):
+        return {"env_steps": 0, "updates": int(state.step), "samples": samples_count(state)}
+
+
+class PopularitySeqTrainer(NextItemProtocol, PopularityTrainer):
+    """Most-popular training items for every query, under the next-item protocol."""
+
+    def __init__(self, cfg: C.Config, data):
+        super().__init__(cfg, data)
+        self.evaluator = next_item_evaluator(cfg, data)
+
+    def window_scores(self, state):
+        item_scores = state["item_scores"]
+        return lambda w: jnp.broadcast_to(item_scores, (w.shape[0], item_scores.shape[0]))
