@@ -59,7 +59,7 @@ def run_single(exp: Experiment, cfg: C.Config, run_dir: Path, data: Dataset, pro
     (pretrained embeddings, experiments/embed_stage.py); default ``run_dir``."""
     bars = bars or Bars(quiet=True)
     rd = RunDir(run_dir)
-    rd.check(C.to_dict(cfg))
+    rd.check(C.to_dict(cfg), defaults=C.to_dict(exp.make_config()))
     if rd.final.exists():
         progress(f"{run_dir}: already complete")
         return json.loads(rd.final.read_text())
@@ -208,7 +208,7 @@ def run_experiment(exp: Experiment, cfg: C.Config, run_dir: Path, n_seeds: int =
         rd = RunDir(run_dir)
         # Checked now, written once the seeds ran: a setup error leaves nothing that blocks the fixed command
         # (each seed's own directory is checked and written the same way by run_single).
-        rd.check({**C.to_dict(cfg), "seeds": n_seeds})
+        rd.check({**C.to_dict(cfg), "seeds": n_seeds}, defaults=C.to_dict(exp.make_config()))
         finals = []
         for s in range(cfg.seed, cfg.seed + n_seeds):
             progress(f"seed {s}")

@@ -21,11 +21,18 @@ class RunDir:
         self.final = self.path / "final.json"
         self.ckpt_dir = self.path / "checkpoints"
 
-    def check(self, cfg_dict: dict):
-        """Refuses an existing directory that holds another config (touching nothing)."""
+    def check(self, cfg_dict: dict, defaults: dict | None = None):
+        """Refuses an existing directory that holds another config (touching nothing).
+
+        A key the saved config lacks (an option added after the run started) is taken as ``defaults``'
+        value: options are added with a default that keeps the old behaviour, so such a run resumes
+        when the new key is left at its default and is refused when it is set to something else.
+        """
         cfg_path = self.path / "config.json"
         if cfg_path.exists():
             old = json.loads(cfg_path.read_text())
+            if defaults is not None:
+                old = _with_new_defaults(old, cfg_dict, defaults)
             if old != cfg_dict:
                 diffs = _diff(old, cfg_dict)
                 raise InputError(cfg_path, f"this run directory holds a different config ({'; '.join(diffs[:5])}); "
@@ -55,6 +62,19 @@ class RunDir:
         tmp = self.metrics.with_suffix(".tmp")
         tmp.write_text("".join(lines))
         os.replace(tmp, self.metrics)
+
+
+def _with_new_defaults(old: dict, new: dict, defaults: dict) -> dict:
+    """``old`` plus each key only ``new`` has, valued as in ``defaults`` (nested dicts merged)."""
+    out = dict(old)
+    for k, v in new.items():
+        d = defaults.get(k) if isinstance(defaults, dict) else None
+        if k not in old:
+            if isinstance(defaults, dict) and k in defaults:
+                out[k] = d
+        elif isinstance(old[k], dict) and isinstance(v, dict):
+            out[k] = _with_new_defaults(old[k], v, d if isinstance(d, dict) else {})
+    return out
 
 
 def _diff(a: dict, b: dict, prefix="") -> list[str]:

@@ -329,3 +329,21 @@ def test_unknown_protocol_is_refused_naming_it_and_the_allowed_ones(toy_experime
     assert rc == 2 and len(err.strip().splitlines()) == 1
     assert "unknown protocol 'next_item' for ToyTrainer (experiment toy); it provides: full, drr, cold_start" in err
     assert not (tmp_path / "b").exists()
+
+
+def test_a_run_from_before_a_new_option_resumes_at_its_default(data_dir, tmp_path, capsys):
+    """An option added after a run started is missing from its config.json: left at its default the run
+    resumes (nothing rewritten), set to anything else it is refused as a different config."""
+    run_dir = tmp_path / "run"
+    args = ["--exp=popularity", "--data", str(data_dir), "--run-dir", str(run_dir)]
+    assert _run(args, capsys)[0] == 0
+    cfg_path = run_dir / "config.json"
+    saved = json.loads(cfg_path.read_text())
+    del saved["eval"]["drr_ideal"]  # as if the key did not exist when the run started
+    cfg_path.write_text(json.dumps(saved))
+    before = {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file()}
+    rc, out, err = _run(args, capsys)
+    assert rc == 0 and "already complete" in out + err
+    assert before == {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file()}
+    rc, _, err = _run(args + ["--set", "eval.drr_ideal=k"], capsys)
+    assert rc == 2 and "different config (eval.drr_ideal: 'true' there, 'k' now" in err

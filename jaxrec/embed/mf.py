@@ -242,8 +242,10 @@ def init_params(key: jax.Array, data: MFData, n_users: int, cfg: MFConfig) -> MF
     return _with_prior(params, data, hp.objective)
 
 
-def make_optimizer(cfg: MFConfig) -> optax.GradientTransformation:
-    """The optimiser whose state ``train_epochs`` carries (plain Adam, as the seed's Keras default)."""
+def make_optimizer(cfg: MFConfig | _Hyper) -> optax.GradientTransformation:
+    """The optimiser whose state ``train_epochs`` carries (plain Adam, as the seed's Keras default); the
+    one builder of both MF models (``jaxrec.embed.multimodal`` uses it too), from a config or its
+    hashable ``_Hyper``."""
     return optax.adam(cfg.lr)
 
 
@@ -408,7 +410,7 @@ def run_epochs(step, carry, first_epoch, n_epochs, steps_per_epoch: int):
 
 @functools.partial(jax.jit, static_argnames=("hp",))
 def _train_epochs(params, opt_state, key, first_epoch, n_epochs, data: MFData, hp: _Hyper):
-    opt = optax.adam(hp.lr)  # = make_optimizer
+    opt = make_optimizer(hp)
 
     def step(carry, global_step):
         params, opt_state = carry

@@ -156,8 +156,8 @@ def init_params(key: jax.Array, data: mf.MFData, features: ItemFeatures, n_users
     )
 
 
-def make_optimizer(cfg: MMConfig) -> optax.GradientTransformation:
-    return optax.adam(cfg.lr)
+make_optimizer = mf.make_optimizer
+"""The multimodal model trains with the MF models' one optimiser."""
 
 
 def fuse(params: MMParams, features: ItemFeatures, cfg: MMConfig) -> jax.Array:
@@ -203,7 +203,7 @@ def _loss_and_grads(params: MMParams, features: ItemFeatures, user, items, targe
 
 @functools.partial(jax.jit, static_argnames=("hp",))
 def _train_epochs(params, opt_state, key, first_epoch, n_epochs, data: mf.MFData, features: ItemFeatures, hp: _Hyper):
-    opt = optax.adam(hp.lr)  # = make_optimizer
+    opt = make_optimizer(hp)
 
     def step(carry, global_step):
         params, opt_state = carry
