@@ -27,15 +27,15 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from experiments.rundir import write_atomic
 
 STAGE = "embeddings"
 """Name of the stage's directory inside a run's root."""
@@ -88,26 +88,14 @@ def load(npz: Path, deps: dict, template):
     return jax.tree.unflatten(treedef, [jnp.asarray(a) for a in arrays])
 
 
-def _write_atomic(path: Path, write: Callable[[Any], None]):
-    # A unique temporary name: two processes saving the same entry never write into one file.
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def save(directory: Path, deps: dict, tree) -> Path:
     """Writes ``tree`` as the entry for ``deps`` (JSON, then .npz; each atomically); returns the .npz path."""
     directory.mkdir(parents=True, exist_ok=True)
     npz = directory / f"{entry_id(deps)}.npz"
     text = json.dumps(json.loads(canonical(deps)), indent=2, sort_keys=True) + "\n"
-    _write_atomic(npz.with_suffix(".json"), lambda f: f.write(text.encode()))
+    write_atomic(npz.with_suffix(".json"), lambda f: f.write(text.encode()))
     arrays = dict(zip(_leaf_names(tree), (np.asarray(x) for x in jax.tree.leaves(tree))))
-    _write_atomic(npz, lambda f: np.savez(f, **arrays))
+    write_atomic(npz, lambda f: np.savez(f, **arrays))
     return npz
 
 

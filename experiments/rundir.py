@@ -6,8 +6,9 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import tempfile
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 
@@ -68,12 +69,12 @@ def _with_new_defaults(old: dict, new: dict, defaults: dict) -> dict:
     """``old`` plus each key only ``new`` has, valued as in ``defaults`` (nested dicts merged)."""
     out = dict(old)
     for k, v in new.items():
-        d = defaults.get(k) if isinstance(defaults, dict) else None
         if k not in old:
-            if isinstance(defaults, dict) and k in defaults:
-                out[k] = d
+            if k in defaults:
+                out[k] = defaults[k]
         elif isinstance(old[k], dict) and isinstance(v, dict):
-            out[k] = _with_new_defaults(old[k], v, d if isinstance(d, dict) else {})
+            nested = defaults.get(k)
+            out[k] = _with_new_defaults(old[k], v, nested if isinstance(nested, dict) else {})
     return out
 
 
@@ -88,11 +89,24 @@ def _diff(a: dict, b: dict, prefix="") -> list[str]:
     return out
 
 
+def write_atomic(path: Path, write: Callable[[Any], None]):
+    """Calls ``write(binary_file)`` on a temporary file beside ``path`` and renames it into place: readers
+    never see half a file. The temporary name is unique, so two processes saving one path never write
+    into one file."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
 def write_json_atomic(path: Path, obj):
-    """Writes ``obj`` to a temporary file and renames it into place: readers never see half a file."""
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
-    os.replace(tmp, path)
+    """Writes ``obj`` as indented JSON with ``write_atomic``."""
+    text = json.dumps(obj, indent=2) + "\n"
+    write_atomic(path, lambda f: f.write(text.encode()))
 
 
 def checkpoint_tree(state, best, step, wall_s, n_lines, best_val) -> dict:

@@ -23,6 +23,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from jaxrec import config as C  # noqa: E402
 from jaxrec.cli import ArgParser, cli_main  # noqa: E402
 from jaxrec.errors import ConfigError  # noqa: E402
 
@@ -79,20 +80,34 @@ def _tuning() -> tuple[Row, ...]:
     return tuple(rows)
 
 
+ABLATION_LABELS = {
+    ("lambda", "lam0.0"): "λ = 0 (one-step TD)", ("lambda", "lam0.5"): "λ = 0.5",
+    ("lambda", "lam1.0"): "λ = 1 (n-step Monte-Carlo)", ("nsteps", "n1"): "n = 1 (no SSL)",
+    ("nsteps", "n3"): "n = 3", ("nsteps", "n10"): "n = 10", ("ssl", "none"): "SSL none",
+    ("ssl", "ahead"): "SSL ahead (next items from s_t)",
+    ("doubleq", "networks"): "double Q: two networks, coin-switched (SQN, seed)",
+    ("doubleq", "none"): "double Q: none (one head, own target)",
+}
+"""README labels of the ablation points (ablate.py's grids); the default point, the same in every grid,
+is one row."""
+
+
 def _ablations() -> tuple[Row, ...]:
-    points = (("default: λ 0.8, n 6, SSL future_states, double-Q heads", "default", ()),
-              ("λ = 0 (one-step TD)", "lam0.0", ("model.lam=0.0",)),
-              ("λ = 0.5", "lam0.5", ("model.lam=0.5",)),
-              ("λ = 1 (n-step Monte-Carlo)", "lam1.0", ("model.lam=1.0",)),
-              ("n = 1 (no SSL)", "n1", ("model.n_steps=1", "model.ssl=none")),
-              ("n = 3", "n3", ("model.n_steps=3",)),
-              ("n = 10", "n10", ("model.n_steps=10",)),
-              ("SSL none", "ssl-none", ("model.ssl=none",)),
-              ("SSL ahead (next items from s_t)", "ssl-ahead", ("model.ssl=ahead",)),
-              ("double Q: two networks, coin-switched (SQN, seed)", "doubleq-networks", ("model.double_q=networks",)),
-              ("double Q: none (one head, own target)", "doubleq-none", ("model.double_q=none",)))
-    return tuple(Row(label, f"ablate/{name}", "m3s_tdlambda", seeds=1, sets=(*ABLATION, *sets))
-                 for label, name, sets in points)
+    """The points of ablate.py's m3s_tdlambda grids, each run once: the points equal to the registered
+    config (one per grid) are the one default row."""
+    from experiments.ablate import GRIDS
+    from experiments.registry import EXPERIMENTS
+
+    rows = [Row("default: λ 0.8, n 6, SSL future_states, double-Q heads", "ablate/default", "m3s_tdlambda", seeds=1,
+                sets=ABLATION)]
+    for grid_name in ("lambda", "nsteps", "ssl", "doubleq"):
+        grid = GRIDS[grid_name]
+        default = EXPERIMENTS[grid.exp].make_config()
+        for label, overrides in grid.points:
+            if C.apply_overrides(default, list(overrides)) != default:
+                rows.append(Row(ABLATION_LABELS[grid_name, label], f"ablate/{grid_name}-{label}", grid.exp, seeds=1,
+                                sets=(*ABLATION, *overrides)))
+    return tuple(rows)
 
 
 TABLES = (

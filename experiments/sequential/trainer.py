@@ -2,6 +2,8 @@
 scored by the next-item protocol (``jaxrec.eval.next_item``)."""
 from __future__ import annotations
 
+import abc
+
 from typing import Any
 
 import jax
@@ -26,14 +28,14 @@ def next_item_evaluator(cfg: C.Config, data) -> NextItemEvaluator:
                              NextItemEval(m.window, m.exclude_seen, m.purchase_events, m.eval_events, m.eval_targets))
 
 
-class NextItemProtocol(StandardEvaluation):
+class NextItemProtocol(StandardEvaluation, abc.ABC):
     """Mixin: ``next_item`` and the event target groups, scored by ``self.evaluator`` from ``window_scores``."""
 
     evaluator: NextItemEvaluator
 
+    @abc.abstractmethod
     def window_scores(self, state):
         """``(windows [B, N]) -> scores [B, I]`` of ``state``."""
-        raise NotImplementedError
 
     def evaluate_next_item(self, state, view: EvalView, part: str, on_batch=None, group: str | None = None):
         out = self.evaluator.evaluate(self.window_scores(state), view, part, group, on_batch)
