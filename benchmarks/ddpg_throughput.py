@@ -83,7 +83,8 @@ class Ours:
         self.cfg.validate()
         scfg = self.cfg.sim_config(THRESHOLD)
         sim = sim_lib.make_sim_data(train, scfg)
-        init, self.train, _ = ddpg.make_train(self.cfg, sim, scfg)
+        init, train = ddpg.make_train(self.cfg, sim, scfg)
+        self.train = jax.jit(train, static_argnums=1, donate_argnums=0)
         self.n_envs, self.chunk = n_envs, chunk
         t0 = time.perf_counter()
         self.state = init(jax.random.key(seed), emb)

@@ -11,6 +11,9 @@ command resumes unfinished points and reuses finished ones), with the experiment
 per point: validation selection metric and test metrics, mean +- 95% half-width over seeds) and
 ``OUT/plot.png`` (test metrics against the grid value) are written. Model selection inside every run
 uses the validation part only; the table shows the test numbers of the validation-selected states.
+Consecutive points whose configs differ only in traced hyper-parameters (``jaxrec.config.program_key``:
+e.g. the lambda grid) train together with their seeds as one vmapped program (``train.seed_batch`` states
+at a time, 0 = all); each point's numbers are those of its own run.
 
 Grids (all on ``m3s_tdlambda``; OUT defaults to ``runs/ablate-<grid>[-quick]``):
   lambda  model.lam in 0, 0.5, 0.8, 1 (one-step TD ... n-step Monte-Carlo targets)
@@ -126,19 +129,34 @@ def value_of(cfg, key: str):
 
 
 def run_grid(grid: Grid, args, out: Path, progress=print) -> list[dict]:
-    from experiments.loop import run_experiment
+    """Runs every point (and the reference rows). Consecutive points whose configs differ only in traced
+    hyper-parameters (``C.program_key``; e.g. the lambda grid) train together as one vmapped program of
+    points x seeds (``experiments.loop.run_points``); the others run one after another."""
+    from experiments.loop import run_experiment, run_points
     from experiments.registry import EXPERIMENTS
 
     exp = EXPERIMENTS[grid.exp]
+    cfgs = [point_config(exp, grid, overrides, args) for _, overrides in grid.points]
+    groups = [list(g) for _, g in itertools.groupby(range(len(cfgs)), key=lambda i: C.program_key(cfgs[i]))]
+    finals = {}
+    for group in groups:
+        for i in group:
+            label, overrides = grid.points[i]
+            progress(f"== {args.grid}: {label} ({' '.join(overrides)})")
+        if len(group) > 1:
+            progress(f"== {len(group)} points x {args.seeds} seed(s) share one program")
+            results = run_points(exp, [cfgs[i] for i in group], [out / grid.points[i][0] for i in group], args.seeds,
+                                 progress=progress)
+        else:
+            results = [run_experiment(exp, cfgs[group[0]], out / grid.points[group[0]][0], args.seeds, progress=progress)]
+        finals.update(zip(group, results))
     rows = []
-    for label, overrides in grid.points:
-        cfg = point_config(exp, grid, overrides, args)
-        progress(f"== {args.grid}: {label} ({' '.join(overrides)})")
-        final = run_experiment(exp, cfg, out / label, args.seeds, progress=progress)
+    for i, ((label, overrides), cfg) in enumerate(zip(grid.points, cfgs)):
         value = value_of(cfg, grid.key)
         rows.append({"label": label, "value": "+".join(value) if isinstance(value, tuple) else value,
-                     "overrides": list(overrides), "final": final, "select": cfg.eval.select,
+                     "overrides": list(overrides), "final": finals[i], "select": cfg.eval.select,
                      "protocol": cfg.eval.protocols[0]})
+    cfg = cfgs[-1]
     for name in grid.references:
         ref_cfg = reference_config(EXPERIMENTS[name], cfg, args)
         progress(f"== {args.grid}: reference {name}")

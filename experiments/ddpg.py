@@ -29,6 +29,8 @@ from experiments import embed_stage
 from experiments.progress import Bars
 from experiments.trainer import Experiment, StandardEvaluation
 from jaxrec import config as C
+from jaxrec import parallel
+from jaxrec import seeds as seeds_lib
 from jaxrec.data.splits import EvalView, guard_model_input, guard_training_input, train_view
 from jaxrec.embed import mf
 from jaxrec.embed.mf import MFConfig
@@ -37,7 +39,7 @@ from jaxrec.rl import ddpg
 from jaxrec.rl.ddpg import DDPGConfig
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class EmbedSeed:
     """The ``seed`` of a DRR trainer's embedding config (mixed into its ``MFConfig`` or ``MMConfig``)."""
 
@@ -47,12 +49,12 @@ class EmbedSeed:
     fits (the paper's fixed pretrained embeddings)."""
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class DRREmbedConfig(EmbedSeed, MFConfig):
     """``MFConfig`` plus ``seed`` (model.embed.* of ddpg_id)."""
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class DRRConfig:
     agent: DDPGConfig = dataclasses.field(default_factory=DDPGConfig)
     """DDPG agent, simulator and replay settings (model.agent.*)."""
@@ -84,7 +86,11 @@ class DRRTrainer(StandardEvaluation):
         self.fitted = np.asarray(self.mf_data.trained)
         self.sim_cfg = self.agent_cfg.sim_config(data.relevant_threshold)
         self.heldout = data.split.heldout_users
-        self._init = self._train = None
+        # Data parallelism: the parallel users and the replay minibatch split over the devices.
+        self.mesh = parallel.make_mesh(cfg.devices)
+        parallel.check_divisible("model.agent.n_envs", self.agent_cfg.n_envs, self.mesh)
+        parallel.check_divisible("model.agent.batch_size", self.agent_cfg.batch_size, self.mesh)
+        self._init = self._train = self._train_many = None
         self.bars = Bars(quiet=True)
         """Progress bars for embedding pretraining (the harness sets its own)."""
         self.stage_dir: Path | None = None
@@ -92,21 +98,29 @@ class DRRTrainer(StandardEvaluation):
         harness sets it); None fits them without saving."""
 
     def _build(self, params: mf.MFParams):
+        """The simulator and the jitted training functions. They depend on the fitted embeddings only through
+        MF-predicted rewards (``mf_reward``); otherwise they are built once and shared by every seed."""
+        # The simulator's logged ratings are all the agent (and so its replay) ever sees of users: checked on
+        # every call, also when the built functions are reused.
+        train = guard_training_input(self.data.split, self.train_inter, "simulator")
+        if self._train is not None and not self.agent_cfg.mf_reward:
+            return
         mf_arrays = None
         if self.agent_cfg.mf_reward:
-            raise_if_bce = self.embed_cfg.objective != "mse"
-            if raise_if_bce:
+            if self.embed_cfg.objective != "mse":
                 from jaxrec.errors import ConfigError
 
                 raise ConfigError("model.agent.mf_reward", "needs model.embed.objective=mse (a rating model)")
             mf_arrays = (np.asarray(params.user), np.asarray(params.item),
                          np.concatenate([np.asarray(params.user_bias), np.asarray(params.item_bias),
                                          [float(params.offset)]]).astype(np.float32))
-        # The simulator's logged ratings are all the agent (and so its replay) ever sees of users.
-        train = guard_training_input(self.data.split, self.train_inter, "simulator")
         sim = sim_lib.make_sim_data(train, self.sim_cfg, self.agent_cfg.init_positives_only, mf_arrays,
                                     blocked=self.data.split.cold_items)
-        self._init, self._train, _ = ddpg.make_train(self.agent_cfg, sim, self.sim_cfg)
+        init, train_fn = ddpg.make_train(self.agent_cfg, sim, self.sim_cfg, parallel.batch_sharder(self.mesh))
+        pinned = parallel.replicated(self.mesh)
+        self._init = jax.jit(init)
+        self._train = jax.jit(train_fn, static_argnums=1, donate_argnums=0, out_shardings=pinned)
+        self._train_many = seeds_lib.vmap_train(train_fn, out_shardings=pinned)
 
     embed_fitter = "jaxrec.embed.mf.fit_mf"
     """The function ``fit_embeddings`` calls (part of the stage's deps: another model is another fit)."""
@@ -161,11 +175,25 @@ class DRRTrainer(StandardEvaluation):
         params = self.embeddings(self.embedding_key(key))
         self._build(params)
         emb = ddpg.Embeddings(user=params.user, item=params.item)
-        return {"agent": self._init(k_agent, emb), "mf": params}
+        return parallel.replicate({"agent": self._init(k_agent, emb), "mf": params}, self.mesh)
 
     def train(self, state, n_steps):
         agent, metrics = self._train(state["agent"], n_steps)
         return {"agent": agent, "mf": state["mf"]}, {k: float(v) for k, v in metrics.items()}
+
+    def can_train_seeds(self) -> bool:
+        """Seeds share one simulator unless each seed's own MF predicts its simulator's rewards."""
+        return not (self.agent_cfg.mf_reward and self.cfg.model.embed.seed is None)
+
+    def with_hyper(self, state, cfg: C.Config):
+        """``state`` holding the traced hyper-parameters of ``cfg`` (``DDPGConfig.TRACED``): a run whose config
+        differs from this trainer's only in those shares its compiled program (``C.program_key``)."""
+        return {**state, "agent": state["agent"].replace(hyper=parallel.replicate(ddpg.hyper(cfg.model.agent), self.mesh))}
+
+    def train_seeds(self, states, n_steps):
+        """``train`` of stacked seed states as one vmapped program (``jaxrec.seeds``); metrics are [S]."""
+        agent, metrics = self._train_many(states["agent"], n_steps)
+        return {"agent": agent, "mf": states["mf"]}, metrics
 
     def counters(self, state):
         return {"env_steps": int(state["agent"].env_steps), "updates": int(state["agent"].updates)}
@@ -243,4 +271,5 @@ EXPERIMENT = Experiment(
            "model.embed.epochs=2", "model.embed.batch=256", "model.agent.replay_capacity=2000", "model.agent.dim=16", "model.embed.dim=16",
            "model.agent.hidden=32"),
     protocols=("drr", "full", "cold_start"),
+    data_parallel=True,
 )

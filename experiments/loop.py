@@ -21,7 +21,9 @@ Loop and resume order (written down because resuming must give the same ``final.
      checkpoints already saved stay as they were.
 
 One trainer serves every seed of a run (``init`` once per seed): what it compiles is compiled once per
-run, and dropped with it when the run ends.
+run, and dropped with it when the run ends. Seeds (and ``ablate.py`` grid points that share a compiled
+program, ``run_points``) train as one vmapped program when the trainer has ``train_seeds``: each still has
+its own ``SeedRun``, files and resume, so a run's numbers do not depend on how its seeds were batched.
 """
 from __future__ import annotations
 
@@ -48,6 +50,124 @@ from jaxrec.errors import ConfigError, DivergedError
 from jaxrec.eval.stats import aggregate_seeds
 
 
+class SeedRun:
+    """One seed's run directory through a run: resume, the bookkeeping after each training chunk (log,
+    NaN guard, validate and select, checkpoint) and the final evaluation. ``run_single`` drives one;
+    ``run_seeds_together`` drives several whose states train as one vmapped program. Both write the same
+    files, so a run's numbers and its resume do not depend on which driver ran it."""
+
+    def __init__(self, exp: Experiment, cfg: C.Config, run_dir: Path, data: Dataset, progress: Callable[[str], None],
+                 bars: Bars, stage_dir: Path | None = None):
+        """``stage_dir``: where the trainer keeps stages shared by seeds (pretrained embeddings,
+        experiments/embed_stage.py): the run root of several seeds; default ``run_dir``."""
+        self.exp, self.cfg, self.run_dir, self.data, self.progress, self.bars = exp, cfg, Path(run_dir), data, progress, bars
+        self.stage_dir = Path(stage_dir or run_dir)
+        self.rd = RunDir(run_dir)
+        self.rd.check(C.to_dict(cfg), defaults=C.to_dict(exp.make_config()))
+        self.final = json.loads(self.rd.final.read_text()) if self.rd.final.exists() else None
+        self.manager = None
+
+    def start(self, trainer: Trainer):
+        """Initialises the state and restores the latest readable checkpoint (resume order 1-3)."""
+        self.trainer = trainer
+        check_evaluators(trainer, self.data, self.cfg)
+        if hasattr(trainer, "bars"):  # trainers with long steps of their own (e.g. embedding pretraining)
+            trainer.bars = self.bars
+        if hasattr(trainer, "stage_dir"):  # trainers with a stage fitted once per run (pretrained embeddings)
+            trainer.stage_dir = self.stage_dir
+        self.rd.start(C.to_dict(self.cfg), defaults=C.to_dict(self.exp.make_config()))
+        state = trainer.init(jax.random.key(self.cfg.seed))
+        if hasattr(trainer, "with_hyper"):
+            # The trainer may be shared with runs of other traced values (an ablate.py grid): this run's own.
+            state = trainer.with_hyper(state, self.cfg)
+        ckpt = checkpoint_tree(state, copy_tree(state), 0, 0.0, 0, -np.inf)
+        self.manager = Checkpoints(self.rd.ckpt_dir)
+        restored, latest = self.manager.restore_latest(ckpt, lambda msg: print(msg, file=sys.stderr))
+        if latest is not None:
+            ckpt = restored
+            self.rd.truncate(int(ckpt["n_lines"]))
+            self.progress(f"{self.run_dir}: resuming from step {int(ckpt['step'])}")
+        else:
+            self.rd.truncate(0)
+        self.state, self.best = ckpt["state"], ckpt["best"]
+        self.step, self.best_val = int(ckpt["step"]), float(ckpt["best_val"])
+        self.wall_s, self.mark, self.share = float(ckpt["wall_s"]), time.perf_counter(), 1
+        if self.cfg.train.steps == 0 and latest is None:
+            self.validate_and_select(self.state)
+
+    def wall(self) -> float:
+        """Wall seconds this run has taken so far: its share (1 / ``share``) of the time since the last
+        reading, when ``share`` runs train as one program, so a batch's runs add up to its wall time."""
+        now = time.perf_counter()
+        self.wall_s += (now - self.mark) / self.share
+        self.mark = now
+        return round(self.wall_s, 3)
+
+    def next_chunk(self) -> int:
+        """Steps to the next multiple of ``log_every``, ``eval_every``, ``ckpt_every`` or the end (order 4)."""
+        tc, step = self.cfg.train, self.step
+        return min(tc.log_every - step % tc.log_every, tc.eval_every - step % tc.eval_every,
+                   tc.ckpt_every - step % tc.ckpt_every, tc.steps - step)
+
+    def validate_and_select(self, state):
+        val, _ = evaluate(self.trainer, state, self.data, self.cfg, "val", self.bars)
+        self.rd.log({"step": self.step, "wall_s": self.wall(), "val": val})
+        self.progress(f"step {self.step}: val {short(val)}")
+        v = selection_value(val, self.cfg)
+        if v > self.best_val or not math.isfinite(self.best_val):
+            # A copy: trainers may donate `state` to the next jitted chunk, invalidating its buffers.
+            self.best, self.best_val = copy_tree(state), v
+
+    def after_chunk(self, state, logs: dict, n: int):
+        """The bookkeeping of a chunk of ``n`` steps that produced ``state`` and ``logs`` (order 4-5)."""
+        tc = self.cfg.train
+        self.step += n
+        self.state = state
+        bad = nonfinite(logs, state)
+        if bad:
+            # Nothing of the diverged chunk is logged or saved: the run directory ends at the last good
+            # checkpoint (the metrics past it are trimmed on resume, as after any interruption).
+            raise DivergedError(self.run_dir, self.step, bad, self.manager.latest())
+        last = self.step == tc.steps
+        if self.step % tc.log_every == 0 or last:
+            self.rd.log({"step": self.step, "wall_s": self.wall(), **{k: float(v) for k, v in logs.items()},
+                         **self.trainer.counters(state)})
+        if self.step % tc.eval_every == 0 or last:
+            self.validate_and_select(state)
+        if self.step % tc.ckpt_every == 0 or last:
+            self.manager.save(self.step, checkpoint_tree(state, self.best, self.step, self.wall(), self.rd.n_lines(),
+                                                         self.best_val))
+
+    def finish(self) -> dict:
+        """Tests the best state once and writes ``final.json`` and the plots."""
+        cfg, data, trainer, best = self.cfg, self.data, self.trainer, self.best
+        if cfg.train.steps == 0 and self.manager.latest() is None:  # (a resumed fit-once run has it already)
+            self.manager.save(0, checkpoint_tree(self.state, best, 0, self.wall(), self.rd.n_lines(), self.best_val))
+        val, val_users = evaluate(trainer, best, data, cfg, "val", self.bars)
+        test, test_users = evaluate(trainer, best, data, cfg, "test", self.bars)
+        groups = {part: evaluate_groups(trainer, best, data, cfg, part) for part in ("val", "test")}
+        final = {
+            "exp": cfg.exp, "seed": cfg.seed, "wall_s": self.wall(), **trainer.counters(self.state),
+            "val": val, "test": test, "eval_users": {"val": val_users, "test": test_users},
+            "best_val": {cfg.eval.select: self.best_val}, "data": data.meta.get("name"), "split": data.split.scheme,
+        }
+        if groups["val"] or groups["test"]:
+            final["by_event"] = {part: {g: m for g, (m, _) in groups[part].items()} for part in ("val", "test")}
+            final["by_event"]["users"] = {part: {g: n for g, (_, n) in groups[part].items()} for part in ("val", "test")}
+        final.setdefault("env_steps", 0)
+        final.setdefault("updates", 0)
+        write_json_atomic(self.rd.final, final)
+        write_plots(self.rd)
+        self.progress(f"test {short(test)}")
+        self.final = final
+        return final
+
+    def close(self):
+        if self.manager is not None:
+            self.manager.close()
+            self.manager = None
+
+
 def run_single(exp: Experiment, cfg: C.Config, run_dir: Path, data: Dataset, progress: Callable[[str], None] = log_line,
                bars: Bars | None = None, make_trainer: Callable[[], Trainer] | None = None,
                stage_dir: Path | None = None) -> dict:
@@ -58,95 +178,180 @@ def run_single(exp: Experiment, cfg: C.Config, run_dir: Path, data: Dataset, pro
     the seed has something left to do. ``stage_dir``: where a trainer saves stages that seeds can share
     (pretrained embeddings, experiments/embed_stage.py); default ``run_dir``."""
     bars = bars or Bars(quiet=True)
-    rd = RunDir(run_dir)
-    rd.check(C.to_dict(cfg), defaults=C.to_dict(exp.make_config()))
-    if rd.final.exists():
+    run = SeedRun(exp, cfg, run_dir, data, progress, bars, stage_dir)
+    if run.final is not None:
         progress(f"{run_dir}: already complete")
-        return json.loads(rd.final.read_text())
+        return run.final
     # The trainer is built before anything is written: a setup error (missing features, a bad
     # combination of settings) leaves no run directory behind to block the corrected command.
     trainer = make_trainer() if make_trainer is not None else exp.make_trainer(cfg, data)
-    check_evaluators(trainer, data, cfg)
-    if hasattr(trainer, "bars"):  # trainers with long steps of their own (e.g. embedding pretraining)
-        trainer.bars = bars
-    if hasattr(trainer, "stage_dir"):  # trainers with a stage fitted once per run (pretrained embeddings)
-        trainer.stage_dir = Path(stage_dir or run_dir)
-    rd.start(C.to_dict(cfg))
-    state = trainer.init(jax.random.key(cfg.seed))
-    tc = cfg.train
-    ckpt = checkpoint_tree(state, copy_tree(state), 0, 0.0, 0, -np.inf)
-    manager = Checkpoints(rd.ckpt_dir)
     try:
-        restored, latest = manager.restore_latest(ckpt, lambda msg: print(msg, file=sys.stderr))
-        if latest is not None:
-            ckpt = restored
-            rd.truncate(int(ckpt["n_lines"]))
-            progress(f"{run_dir}: resuming from step {int(ckpt['step'])}")
-        else:
-            rd.truncate(0)
-        state, best = ckpt["state"], ckpt["best"]
-        step, best_val = int(ckpt["step"]), float(ckpt["best_val"])
-        t0 = time.perf_counter() - float(ckpt["wall_s"])
-
-        def wall():
-            return round(time.perf_counter() - t0, 3)
-
-        def validate_and_select(state, best, best_val, step):
-            val, _ = evaluate(trainer, state, data, cfg, "val", bars)
-            rd.log({"step": step, "wall_s": wall(), "val": val})
-            progress(f"step {step}: val {short(val)}")
-            v = selection_value(val, cfg)
-            if v > best_val or not math.isfinite(best_val):
-                # A copy: trainers may donate `state` to the next jitted chunk, invalidating its buffers.
-                return copy_tree(state), v
-            return best, best_val
-
-        if tc.steps == 0 and latest is None:
-            best, best_val = validate_and_select(state, best, best_val, 0)
-        train_bar = bars.bar(tc.steps, f"train (seed {cfg.seed})", initial=step)
+        run.start(trainer)
+        train_bar = bars.bar(cfg.train.steps, f"train (seed {cfg.seed})", initial=run.step)
         try:
-            while step < tc.steps:
-                n = min(tc.log_every - step % tc.log_every, tc.eval_every - step % tc.eval_every,
-                        tc.ckpt_every - step % tc.ckpt_every, tc.steps - step)
-                state, logs = trainer.train(state, n)
-                step += n
-                bad = nonfinite(logs, state)
-                if bad:
-                    # Nothing of the diverged chunk is logged or saved: the run directory ends at the last good
-                    # checkpoint (the metrics past it are trimmed on resume, as after any interruption).
-                    raise DivergedError(run_dir, step, bad, manager.latest())
+            while run.step < cfg.train.steps:
+                n = run.next_chunk()
+                state, logs = trainer.train(run.state, n)
+                run.after_chunk(state, logs, n)
                 train_bar.update(n)
-                last = step == tc.steps
-                if step % tc.log_every == 0 or last:
-                    rd.log({"step": step, "wall_s": wall(), **{k: float(v) for k, v in logs.items()}, **trainer.counters(state)})
-                if step % tc.eval_every == 0 or last:
-                    best, best_val = validate_and_select(state, best, best_val, step)
-                    train_bar.set_postfix({f"best val {cfg.eval.select}": f"{best_val:.4f}"})
-                if step % tc.ckpt_every == 0 or last:
-                    manager.save(step, checkpoint_tree(state, best, step, wall(), rd.n_lines(), best_val))
+                train_bar.set_postfix({f"best val {cfg.eval.select}": f"{run.best_val:.4f}"})
         finally:
             train_bar.close()
-        if tc.steps == 0:
-            manager.save(0, checkpoint_tree(state, best, 0, wall(), rd.n_lines(), best_val))
-        val, val_users = evaluate(trainer, best, data, cfg, "val", bars)
-        test, test_users = evaluate(trainer, best, data, cfg, "test", bars)
-        groups = {part: evaluate_groups(trainer, best, data, cfg, part) for part in ("val", "test")}
+        return run.finish()
     finally:
-        manager.close()
-    final = {
-        "exp": cfg.exp, "seed": cfg.seed, "wall_s": wall(), **trainer.counters(state),
-        "val": val, "test": test, "eval_users": {"val": val_users, "test": test_users},
-        "best_val": {cfg.eval.select: best_val}, "data": data.meta.get("name"), "split": data.split.scheme,
-    }
-    if groups["val"] or groups["test"]:
-        final["by_event"] = {part: {g: m for g, (m, _) in groups[part].items()} for part in ("val", "test")}
-        final["by_event"]["users"] = {part: {g: n for g, (_, n) in groups[part].items()} for part in ("val", "test")}
-    final.setdefault("env_steps", 0)
-    final.setdefault("updates", 0)
+        run.close()
+
+
+def run_seeds_together(runs: list[SeedRun], trainer: Trainer, bars: Bars) -> list[dict]:
+    """Trains the seeds of ``runs`` (all started, all at the same step) as ONE vmapped program
+    (``trainer.train_seeds``), then tests each; per-seed files are those ``run_single`` writes."""
+    from jaxrec import seeds as seeds_lib
+
+    cfg = runs[0].cfg
+    names = ", ".join(str(r.cfg.seed) for r in runs)
+    states = seeds_lib.stack([r.state for r in runs])
+    for r in runs:
+        r.wall()
+        r.state, r.share = None, len(runs)  # the stack holds the states now; per-seed copies after each chunk
+    train_bar = bars.bar(cfg.train.steps, f"train (seeds {names}, vmapped)", initial=runs[0].step)
+    try:
+        while runs[0].step < cfg.train.steps:
+            n = runs[0].next_chunk()
+            states, logs = trainer.train_seeds(states, n)
+            logs = jax.device_get(logs)
+            for i, (r, state) in enumerate(zip(runs, seeds_lib.unstack(states, len(runs)))):
+                r.after_chunk(state, {k: v[i] for k, v in logs.items()}, n)
+            train_bar.update(n)
+    finally:
+        train_bar.close()
+    last = seeds_lib.unstack(states, len(runs))
+    del states
+    for r, state in zip(runs, last):
+        r.wall()
+        r.state, r.share = state, 1
+    return [r.finish() for r in runs]
+
+
+def batchable(trainer: Trainer) -> bool:
+    """Whether ``trainer`` trains several states as one vmapped program (``train_seeds``)."""
+    return getattr(trainer, "train_seeds", None) is not None and trainer.can_train_seeds()
+
+
+def train_together(runs: list[SeedRun], trainer: Callable[[], Trainer], batch: int, progress,
+                   bars: Bars) -> dict[Path, dict]:
+    """``final.json`` of each run, by run directory: runs already complete are read; the others are started,
+    brought to one step, and trained ``batch`` at a time as one vmapped program (their configs must share
+    ``C.program_key``: seeds of one config, or grid points differing only in traced values)."""
+    finals = {r.run_dir: r.final for r in runs if r.final is not None}
+    for r in runs:
+        if r.final is not None:
+            progress(f"{r.run_dir}: already complete")
+    todo = [r for r in runs if r.final is None]
+    try:
+        for r in todo:
+            r.start(trainer())
+        # Runs resumed from different steps (a process killed between two runs' saves) cannot share a
+        # program: the ones behind run alone up to the others first.
+        front = max((r.step for r in todo), default=0)
+        for r in todo:
+            if r.step < front:
+                _advance(r, trainer(), front, bars)
+        for start in range(0, len(todo), batch):
+            group = todo[start:start + batch]
+            progress(f"{', '.join(str(r.run_dir) for r in group)} (vmapped)")
+            for r, final in zip(group, run_seeds_together(group, trainer(), bars)):
+                finals[r.run_dir] = final
+            release_compiled()
+    finally:
+        for r in runs:
+            r.close()
+    return finals
+
+
+def run_seeds(exp: Experiment, cfg: C.Config, run_dir: Path, n_seeds: int, data: Dataset, progress, bars: Bars,
+              trainer: Callable[[], Trainer]) -> list[dict]:
+    """``final.json`` of each seed ``cfg.seed .. cfg.seed + n_seeds - 1`` (in ``run_dir/seedS``).
+
+    Seeds train together, ``train.seed_batch`` at a time, as one vmapped program when the trainer can
+    (``train_seeds``); otherwise, or with ``train.seed_batch=1``, one after another. Either way each
+    seed's files are the same."""
+    seed_cfgs = [dataclasses.replace(cfg, seed=s) for s in range(cfg.seed, cfg.seed + n_seeds)]
+    batch = cfg.train.seed_batch or n_seeds
+    if batch > 1 and n_seeds > 1 and batchable(trainer()):
+        runs = [SeedRun(exp, c, run_dir / f"seed{c.seed}", data, progress, bars, run_dir) for c in seed_cfgs]
+        finals = train_together(runs, trainer, batch, progress, bars)
+        return [finals[r.run_dir] for r in runs]
+    finals = []
+    for c in seed_cfgs:
+        progress(f"seed {c.seed}")
+        finals.append(run_single(exp, c, run_dir / f"seed{c.seed}", data, progress, bars, trainer, stage_dir=run_dir))
+        release_compiled()
+    return finals
+
+
+def run_points(exp: Experiment, cfgs: list[C.Config], run_dirs: list[Path], n_seeds: int = 1, progress=log_line,
+               quiet: bool = True) -> list[dict]:
+    """The ``final.json`` of each configuration, as ``run_experiment`` writes it in its run directory (with
+    ``n_seeds`` > 1 the aggregate), all trained as one vmapped program of ``len(cfgs) x n_seeds`` states,
+    ``train.seed_batch`` of them at a time (0 = all). The configurations must share ``C.program_key`` (grid
+    points that differ only in traced hyper-parameters): the first one's trainer serves all, each state
+    holding its own traced values. A trainer that cannot batch states (or ``train.seed_batch=1``) runs them
+    one after another, still compiled once."""
+    keys = {C.program_key(c) for c in cfgs}
+    if len(keys) != 1:
+        raise ConfigError("grid", "points that differ in more than traced hyper-parameters cannot share a program")
+    bars = Bars(quiet)
+    first = cfgs[0]
+    for cfg in cfgs:
+        check_run(exp, cfg)
+    data = load_dataset(first)
+    trainer = functools.cache(lambda: exp.make_trainer(first, data))
+    try:
+        runs, owners = [], []
+        for i, (cfg, run_dir) in enumerate(zip(cfgs, run_dirs)):
+            if n_seeds > 1:
+                RunDir(run_dir).check({**C.to_dict(cfg), "seeds": n_seeds}, defaults=C.to_dict(exp.make_config()))
+            for s in range(cfg.seed, cfg.seed + n_seeds):
+                seed_dir = run_dir / f"seed{s}" if n_seeds > 1 else run_dir
+                runs.append(SeedRun(exp, dataclasses.replace(cfg, seed=s), seed_dir, data, progress, bars, run_dir))
+                owners.append(i)
+        batch = first.train.seed_batch or len(runs)
+        if batch > 1 and batchable(trainer()):
+            finals = train_together(runs, trainer, batch, progress, bars)
+        else:
+            finals = {r.run_dir: run_single(exp, r.cfg, r.run_dir, data, progress, bars, trainer, r.stage_dir)
+                      for r in runs}
+    finally:
+        trainer.cache_clear()
+        release_compiled()
+    out = []
+    for i, (cfg, run_dir) in enumerate(zip(cfgs, run_dirs)):
+        mine = [finals[r.run_dir] for r, o in zip(runs, owners) if o == i]
+        out.append(mine[0] if n_seeds == 1 else write_aggregate(exp, cfg, run_dir, n_seeds, mine))
+    return out
+
+
+def write_aggregate(exp: Experiment, cfg: C.Config, run_dir: Path, n_seeds: int, finals: list[dict]) -> dict:
+    """The run directory of several seeds: its config, every seed's metric lines, the aggregate ``final.json``
+    (mean and 95% interval over seeds) and plots."""
+    rd = RunDir(run_dir)
+    rd.start({**C.to_dict(cfg), "seeds": n_seeds}, defaults=C.to_dict(exp.make_config()))
+    rd.truncate(0)
+    for s in range(cfg.seed, cfg.seed + n_seeds):
+        for line in (run_dir / f"seed{s}" / "metrics.jsonl").read_text().splitlines():
+            rd.log({"seed": s, **json.loads(line)})
+    final = aggregate_seeds(finals)
     write_json_atomic(rd.final, final)
     write_plots(rd)
-    progress(f"test {short(test)}")
     return final
+
+
+def _advance(run: SeedRun, trainer: Trainer, to_step: int, bars: Bars):
+    """Trains one started seed alone up to ``to_step`` (a chunk boundary of the others)."""
+    while run.step < to_step:
+        n = min(run.next_chunk(), to_step - run.step)
+        state, logs = trainer.train(run.state, n)
+        run.after_chunk(state, logs, n)
 
 
 @jax.jit
@@ -185,19 +390,26 @@ def short(results: dict) -> str:
                      for p, m in results.items())
 
 
+def check_run(exp: Experiment, cfg: C.Config):
+    """Settings a run refuses before it reads any data (ConfigError naming the key)."""
+    if cfg.devices < 1:
+        raise ConfigError("--devices", f"must be >= 1, got {cfg.devices}")
+    if cfg.devices > 1 and not exp.data_parallel:
+        raise ConfigError("--devices", f"experiment {exp.name} runs on one device (its training is not batched)")
+    if cfg.devices > jax.device_count():
+        raise ConfigError("--devices", f"{cfg.devices} requested but only {jax.device_count()} devices exist")
+    exp.check_protocols(cfg.eval.protocols)
+    if "cold_start" in cfg.eval.protocols and cfg.data.split.cold_items <= 0:
+        raise ConfigError("eval.protocols", "the cold_start protocol needs items held out of training: "
+                                            "set data.split.cold_items (e.g. 0.2)")
+
+
 def run_experiment(exp: Experiment, cfg: C.Config, run_dir: Path, n_seeds: int = 1, progress=log_line,
                    quiet: bool = True) -> dict:
     """Runs ``n_seeds`` seeds into ``run_dir`` (one seed: the directory itself; more: ``seedS/`` each plus
     the aggregate); progress bars on stderr unless ``quiet`` (or ``$CI``)."""
     bars = Bars(quiet)
-    if cfg.devices > jax.local_device_count():
-        raise ConfigError("--devices", f"{cfg.devices} requested but only {jax.local_device_count()} local devices exist")
-    if cfg.devices > exp.max_devices:
-        raise ConfigError("--devices", f"experiment {exp.name} runs on at most {exp.max_devices} device(s)")
-    exp.check_protocols(cfg.eval.protocols)
-    if "cold_start" in cfg.eval.protocols and cfg.data.split.cold_items <= 0:
-        raise ConfigError("eval.protocols", "the cold_start protocol needs items held out of training: "
-                                            "set data.split.cold_items (e.g. 0.2)")
+    check_run(exp, cfg)
     data = load_dataset(cfg)
     # The run owns its trainer (built on first need, shared by its seeds) and with it whatever the trainer
     # compiled; clearing the cache drops both once the run is over.
@@ -209,21 +421,8 @@ def run_experiment(exp: Experiment, cfg: C.Config, run_dir: Path, n_seeds: int =
         # Checked now, written once the seeds ran: a setup error leaves nothing that blocks the fixed command
         # (each seed's own directory is checked and written the same way by run_single).
         rd.check({**C.to_dict(cfg), "seeds": n_seeds}, defaults=C.to_dict(exp.make_config()))
-        finals = []
-        for s in range(cfg.seed, cfg.seed + n_seeds):
-            progress(f"seed {s}")
-            finals.append(run_single(exp, dataclasses.replace(cfg, seed=s), run_dir / f"seed{s}", data, progress,
-                                     bars, trainer, stage_dir=run_dir))
-            release_compiled()
+        finals = run_seeds(exp, cfg, run_dir, n_seeds, data, progress, bars, trainer)
     finally:
         trainer.cache_clear()
         release_compiled()
-    rd.start({**C.to_dict(cfg), "seeds": n_seeds})
-    rd.truncate(0)
-    for s in range(cfg.seed, cfg.seed + n_seeds):
-        for line in (run_dir / f"seed{s}" / "metrics.jsonl").read_text().splitlines():
-            rd.log({"seed": s, **json.loads(line)})
-    final = aggregate_seeds(finals)
-    write_json_atomic(rd.final, final)
-    write_plots(rd)
-    return final
+    return write_aggregate(exp, cfg, run_dir, n_seeds, finals)

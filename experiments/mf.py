@@ -20,6 +20,7 @@ import numpy as np
 
 from experiments.trainer import Evaluator, Experiment, StandardEvaluation
 from jaxrec import config as C
+from jaxrec import seeds as seeds_lib
 from jaxrec.data.splits import EvalView, guard_model_input, guard_training_input, train_view
 from jaxrec.embed import mf
 from jaxrec.embed.mf import MFConfig
@@ -51,10 +52,33 @@ class MFTrainer(StandardEvaluation):
         return {"params": params, "opt": mf.make_optimizer(self.model).init(params),
                 "key": jax.random.key_data(k_train), "epoch": jnp.int32(0)}
 
+    def epoch_inputs(self) -> tuple:
+        """The arrays ``epochs`` trains on (arguments of the compiled program, not constants baked into it)."""
+        return (self.data,)
+
+    def epochs(self, params, opt, key, first_epoch, n_epochs, data):
+        """``(params, opt, mean loss)`` after epochs ``first_epoch ..`` (the model's own ``train_epochs``)."""
+        return mf.train_epochs(params, opt, key, first_epoch, n_epochs, data, self.model)
+
     def train(self, state, n_steps):
-        params, opt, loss = mf.train_epochs(state["params"], state["opt"], jax.random.wrap_key_data(state["key"]),
-                                            state["epoch"], n_steps, self.data, self.model)
+        params, opt, loss = self.epochs(state["params"], state["opt"], jax.random.wrap_key_data(state["key"]),
+                                        state["epoch"], n_steps, *self.epoch_inputs())
         return {**state, "params": params, "opt": opt, "epoch": state["epoch"] + n_steps}, {"loss": float(loss)}
+
+    def can_train_seeds(self) -> bool:
+        return True
+
+    def train_seeds(self, states, n_steps):
+        """``train`` of stacked seed states as one vmapped program (``jaxrec.seeds``); metrics are [S]."""
+        if getattr(self, "_train_many", None) is None:
+            def train(state, *args):
+                *inputs, n_epochs = args
+                params, opt, loss = self.epochs(state["params"], state["opt"], jax.random.wrap_key_data(state["key"]),
+                                                state["epoch"], n_epochs, *inputs)
+                return {**state, "params": params, "opt": opt, "epoch": state["epoch"] + n_epochs}, {"loss": loss}
+
+            self._train_many = seeds_lib.vmap_train(train, n_shared=len(self.epoch_inputs()), static_steps=False)
+        return self._train_many(states, *self.epoch_inputs(), jnp.int32(n_steps))
 
     def folded_params(self, params: mf.MFParams, users: np.ndarray, rows: np.ndarray, refit_all: bool) -> mf.MFParams:
         """``params`` with the rows of ``users`` replaced by their fold-in from ``rows`` (visible rows only).

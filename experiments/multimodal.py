@@ -61,10 +61,11 @@ class MMTrainer(mf_exp.MFTrainer):
         return {"params": params, "opt": mm.make_optimizer(self.mm).init(params),
                 "key": jax.random.key_data(k_train), "epoch": jnp.int32(0)}
 
-    def train(self, state, n_steps):
-        params, opt, loss = mm.train_epochs(state["params"], state["opt"], jax.random.wrap_key_data(state["key"]),
-                                            state["epoch"], n_steps, self.data, self.features, self.mm)
-        return {**state, "params": params, "opt": opt, "epoch": state["epoch"] + n_steps}, {"loss": float(loss)}
+    def epoch_inputs(self) -> tuple:
+        return (self.data, self.features)
+
+    def epochs(self, params, opt, key, first_epoch, n_epochs, data, features):
+        return mm.train_epochs(params, opt, key, first_epoch, n_epochs, data, features, self.mm)
 
     def fitted(self, state) -> dict:
         """The state as ``mf`` scores it: ``{"params": MFParams}`` with the catalogue fused once."""
@@ -77,12 +78,12 @@ class MMTrainer(mf_exp.MFTrainer):
         return super().evaluate_drr(self.fitted(state), view, part, on_batch)
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class MMDRREmbedConfig(ddpg_exp.EmbedSeed, MMConfig):
     """``MMConfig`` plus ``seed`` (model.embed.* of ddpg_multimodal)."""
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class MMDRRConfig:
     agent: DDPGConfig = dataclasses.field(default_factory=lambda: DDPGConfig(dim=128))
     """DDPG agent, simulator and replay settings (model.agent.*); dim = the embedding width (seed: 128)."""
@@ -151,5 +152,6 @@ EXPERIMENTS = (
                "model.embed.epochs=2", "model.agent.replay_capacity=2000", "model.agent.dim=16", "model.embed.dim=8",
                "model.embed.mm_dim=8", "model.agent.hidden=32"),
         protocols=("drr", "full", "cold_start"),
+        data_parallel=True,
     ),
 )

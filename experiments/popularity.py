@@ -15,7 +15,7 @@ from jaxrec.baselines import broadcast_scores, popularity_scores
 from jaxrec.data.splits import guard_training_input, train_view
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class PopularityConfig:
     positives_only: bool = False
     """Count only training interactions whose rating/reward reaches the relevance threshold."""

@@ -39,9 +39,9 @@ class RunDir:
                 raise InputError(cfg_path, f"this run directory holds a different config ({'; '.join(diffs[:5])}); "
                                            "pass another --run-dir or repeat the original command to resume")
 
-    def start(self, cfg_dict: dict):
-        """Creates the directory or checks that an existing one holds the same config."""
-        self.check(cfg_dict)
+    def start(self, cfg_dict: dict, defaults: dict | None = None):
+        """Creates the directory or checks that an existing one holds the same config (``check``)."""
+        self.check(cfg_dict, defaults)
         if not (self.path / "config.json").exists():
             self.path.mkdir(parents=True, exist_ok=True)
             write_json_atomic(self.path / "config.json", cfg_dict)

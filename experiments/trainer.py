@@ -86,7 +86,8 @@ class Experiment:
     """``--set`` overrides applied by ``--quick`` (a tiny but real configuration)."""
     protocols: tuple[str, ...] = ("full",)
     """Protocols this experiment can be evaluated with."""
-    max_devices: int = 1
+    data_parallel: bool = False
+    """Its trainer splits the training batch over ``--devices N`` (``jaxrec.parallel``); otherwise one device."""
 
     def check_protocols(self, protocols: tuple[str, ...]):
         """Refuses a protocol this experiment is not evaluated with (before anything runs)."""

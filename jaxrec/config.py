@@ -1,4 +1,8 @@
-"""Typed experiment configs: dataclasses with a docstring per field, dotted overrides, validation.
+"""Typed experiment configs: frozen dataclasses with a docstring per field, dotted overrides, validation.
+
+Every config in jaxrec is written this one way. Frozen makes a config immutable and hashable, so it can be a
+static argument of ``jax.jit`` as it is, and an override builds a new config (``replace``) instead of
+changing one that a compiled function or a saved run already holds.
 
 Each field is followed by a string literal documenting it (CleanRL style); ``field_docs`` reads those
 back from the source so ``run.py --exp=NAME --show-config`` and error messages can show them.
@@ -20,7 +24,7 @@ from typing import Any, Literal
 from jaxrec.errors import ConfigError
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class SplitConfig:
     scheme: Literal["leave_last", "users", "global_time"] = "leave_last"
     """How interactions are divided: per-user temporal leave-last-out, seeded held-out users, or one
@@ -55,7 +59,7 @@ class SplitConfig:
             raise ConfigError("data.split.fractions", "the validation fraction must be > 0 (model selection)")
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class DataConfig:
     path: str = "data/ml-1m"
     """Prepared data directory (output of data_prep/prepare.py); --data sets it."""
@@ -75,7 +79,7 @@ def drr_family_data() -> DataConfig:
     return DataConfig(split=SplitConfig(scheme="users", heldout_visible=10), relevant_threshold=4.0)
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class TrainConfig:
     steps: int = 0
     """Training steps (updates or environment steps, per experiment); 0 for fit-once baselines."""
@@ -85,13 +89,19 @@ class TrainConfig:
     """Checkpoint period in steps; a re-run on the same run directory resumes from the last one."""
     log_every: int = 100
     """Training-loss logging period in steps (one jitted chunk per period)."""
+    seed_batch: int = 0
+    """--seeds N: seeds trained together as one vmapped program (0 = all N; 1 = one after another).
+    Lower it when N seeds' training states do not fit in memory together. Trainers that cannot batch seeds
+    (the fit-once baselines; ddpg_id with mf_reward, whose seeds' simulators differ) run them one after another."""
 
     def validate(self):
         if self.steps < 0 or self.eval_every < 1 or self.ckpt_every < 1 or self.log_every < 1:
             raise ConfigError("train", "steps must be >= 0 and eval_every, ckpt_every, log_every >= 1")
+        if self.seed_batch < 0:
+            raise ConfigError("train.seed_batch", f"must be >= 0, got {self.seed_batch}")
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class EvalConfig:
     protocols: tuple[str, ...] = ("full",)
     """Evaluation protocols: full = rank every item not in the visible history; drr = the DRR seed's
@@ -125,7 +135,7 @@ class EvalConfig:
             raise ConfigError("eval.protocols", f"{unknown or 'none'}: expected a non-empty subset of full, drr, cold_start, next_item")
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class Config:
     """A whole experiment: shared parts plus the experiment's own ``model`` dataclass."""
 
@@ -134,7 +144,8 @@ class Config:
     seed: int = 0
     """Seed of every PRNG key of the learner (init, exploration, sampling); the split has its own."""
     devices: int = 1
-    """Local devices for data parallelism (--devices); the global batch stays the same."""
+    """Devices for data parallelism (--devices; jaxrec/parallel.py): each training batch is split over
+    them and the global batch stays the same, so the numbers equal one device's up to reduction order."""
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
     """Dataset and split."""
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
@@ -185,7 +196,6 @@ def describe(cfg) -> list[tuple[str, str, Any, str]]:
 
 def apply_overrides(cfg, overrides: list[str]):
     """Returns a copy of ``cfg`` with each ``a.b.c=value`` applied; validates the result."""
-    cfg = _deepcopy(cfg)
     for item in overrides:
         key, sep, raw = item.partition("=")
         key = key.strip()
@@ -197,7 +207,7 @@ def apply_overrides(cfg, overrides: list[str]):
             hint = f" (did you mean {', '.join(close)}?)" if close else ""
             raise ConfigError(f"--set {key}", f"unknown key{hint}; valid keys: {', '.join(leaves)}")
         owner, name = leaves[key]
-        setattr(owner, name, parse_value(key, raw.strip(), _hints(type(owner))[name]))
+        cfg = replace(cfg, key, parse_value(key, raw.strip(), _hints(type(owner))[name]))
     validate(cfg)
     return cfg
 
@@ -252,6 +262,32 @@ def parse_value(key: str, raw: str, hint):
 
 
 # ----------------------------------------------------------------------------------------------------
+# Traced hyper-parameters (configurations that share one compiled program)
+
+
+def traced_keys(cfg) -> tuple[str, ...]:
+    """Dotted keys of the fields that trainers read from their training state instead of compiling in:
+    each config class lists its own in a ``TRACED`` class variable (e.g. learning rates, gamma, tau)."""
+    return tuple(key for key, (owner, name) in _leaves(cfg).items() if name in getattr(type(owner), "TRACED", ()))
+
+
+def program_key(cfg) -> str:
+    """What fixes a run's compiled training program: the config without its seed and its traced fields,
+    plus every derived property of its parts (``SQNConfig.uses_q`` is False at ``q_weight=0``: a traced
+    value that changes the program's structure). Configurations with equal keys train as one vmapped
+    program (``experiments/ablate.py``), each reading its own traced values from its state."""
+    plain = cfg
+    for key in ("seed",) + traced_keys(cfg):
+        plain = replace(plain, key, None)
+    derived = {}
+    for path, node in _paths(cfg):
+        for name, attr in inspect.getmembers(type(node)):
+            if isinstance(attr, property) and not name.startswith("_"):
+                derived[f"{path}{name}"] = repr(getattr(node, name))
+    return repr((to_dict(plain), sorted(derived.items())))
+
+
+# ----------------------------------------------------------------------------------------------------
 # Serialisation
 
 
@@ -263,15 +299,15 @@ def to_dict(cfg) -> dict:
 def from_dict(default, d: dict):
     """``default`` (a config of the right experiment) with every leaf taken from the nested dict ``d``
     (a ``config.json``); lists become tuples, keys absent from ``d`` keep their default."""
-    cfg = _deepcopy(default)
-    for key, (owner, name) in _leaves(cfg).items():
+    cfg = default
+    for key in _leaves(default):
         node = d
         for part in key.split("."):
             if not isinstance(node, dict) or part not in node:
                 break
             node = node[part]
         else:
-            setattr(owner, name, tuple(node) if isinstance(node, list) else node)
+            cfg = replace(cfg, key, tuple(node) if isinstance(node, list) else node)
     validate(cfg)
     return cfg
 
@@ -314,10 +350,22 @@ def _dataclasses(cfg):
             yield from _dataclasses(value)
 
 
-def _deepcopy(cfg):
-    changes = {f.name: _deepcopy(getattr(cfg, f.name)) for f in dataclasses.fields(cfg)
-               if dataclasses.is_dataclass(getattr(cfg, f.name))}
-    return dataclasses.replace(cfg, **changes)
+def _paths(cfg, prefix: str = ""):
+    """(dotted prefix, node) of every dataclass in the config tree."""
+    yield prefix, cfg
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(value):
+            yield from _paths(value, f"{prefix}{f.name}.")
+
+
+def replace(cfg, key: str, value):
+    """A copy of the (frozen) config ``cfg`` with the dotted field ``key`` set to ``value``; the other
+    fields are shared, not copied (configs are immutable, so sharing is safe)."""
+    head, _, rest = key.partition(".")
+    if rest:
+        value = replace(getattr(cfg, head), rest, value)
+    return dataclasses.replace(cfg, **{head: value})
 
 
 def _type_name(hint) -> str:

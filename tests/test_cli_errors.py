@@ -42,6 +42,7 @@ def case(id, script, argv, *expect, sub=False, xfail=None):
 DDPG, SQN, SQN_MEM = "benchmarks/ddpg_throughput.py", "benchmarks/sqn_throughput.py", "benchmarks/sqn_memory.py"
 PREP_SPEED, FEAT_BENCH = "benchmarks/prepare_speed.py", "benchmarks/feature_extraction.py"
 MM, TO_README = "benchmarks/multimodal_overhead.py", "benchmarks/to_readme.py"
+SWEEP, SCALING = "benchmarks/seed_sweep.py", "benchmarks/scaling.py"
 REPORT, ABLATE, RECOMMEND, RUN = "experiments/report.py", "experiments/ablate.py", "experiments/recommend.py", "experiments/run.py"
 PREPARE, EXTRACT = "data_prep/prepare.py", "data_prep/extract_features.py"
 
@@ -54,6 +55,17 @@ CORPUS = [
     case("ddpg-settings-not-int", DDPG, ["--data", "{data}", "--settings", "1,x"], "--settings: '1,x'"),
     case("ddpg-unknown-baseline", DDPG, ["--data", "{data}", "--baselines", "seed,fast"], "--baselines: 'seed,fast'"),
     case("ddpg-unknown-flag", DDPG, ["--bogus"], "unrecognized arguments: --bogus"),
+    # benchmarks/seed_sweep.py
+    case("sweep-no-data", SWEEP, ["--data", "{nodata}", "--quick"], "{nodata}: no such data directory", sub=True),
+    case("sweep-one-seed", SWEEP, ["--seeds", "1"], "--seeds: 1, expected at least 2"),
+    case("sweep-unknown-exp", SWEEP, ["--exps", "ddpg_id,nope"], "--exps: 'nope': unknown"),
+    case("sweep-bad-key", SWEEP, ["--data", "{data}", "--set", "model.bogus=1"], "--set model.bogus: unknown key"),
+    case("sweep-fit-once", SWEEP, ["--data", "{data}", "--exps", "popularity"], "--exps: popularity does not train seeds"),
+    # benchmarks/scaling.py
+    case("scaling-no-data", SCALING, ["--data", "{nodata}", "--quick"], "{nodata}: no such data directory", sub=True),
+    case("scaling-one-count", SCALING, ["--devices", "1"], "--devices: [1], expected at least two"),
+    case("scaling-not-parallel", SCALING, ["--exps", "popularity"], "--exps: 'popularity': not a data-parallel"),
+    case("scaling-devices-not-int", SCALING, ["--devices", "1,two"], "--devices: '1,two'"),
     # benchmarks/sqn_throughput.py
     case("sqn-meta-not-json", SQN, ["--data", "{badmeta}"], "{badmeta}/meta.json:2: not valid JSON", sub=True),
     case("sqn-threads", SQN, ["--data", "{data}", "--torch-threads", "many"], "--torch-threads: 'many'"),
@@ -220,7 +232,7 @@ def test_bad_input_gives_one_error_line_and_status_2(c: Case, world, capsys, mon
 
 
 def test_corpus_covers_every_entry_point():
-    scripts = {DDPG, SQN, SQN_MEM, PREP_SPEED, FEAT_BENCH, MM, TO_README, REPORT, ABLATE, RECOMMEND, RUN, PREPARE, EXTRACT}
+    scripts = {DDPG, SQN, SQN_MEM, SWEEP, SCALING, PREP_SPEED, FEAT_BENCH, MM, TO_README, REPORT, ABLATE, RECOMMEND, RUN, PREPARE, EXTRACT}
     bench = {f"benchmarks/{p.name}" for p in (REPO / "benchmarks").glob("*.py") if p.name not in ("__init__.py", "common.py")}
     assert bench <= scripts, bench - scripts
     live = [c for c in CORPUS if not c.xfail]

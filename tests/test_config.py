@@ -6,13 +6,6 @@ from jaxrec import config as C
 from jaxrec.errors import ConfigError
 
 
-def test_every_field_has_a_docstring():
-    for cls in (C.SplitConfig, C.DataConfig, C.TrainConfig, C.EvalConfig, C.Config):
-        docs = C.field_docs(cls)
-        missing = [f.name for f in dataclasses.fields(cls) if not docs.get(f.name)]
-        assert not missing, f"{cls.__name__} fields without a docstring: {missing}"
-
-
 def test_overrides_parse_by_type_and_do_not_mutate_the_original():
     cfg = C.Config(exp="x")
     out = C.apply_overrides(cfg, ["train.steps=7", "data.split.fractions=0.7,0.2,0.1", "eval.ks=5,10",
@@ -99,3 +92,68 @@ def test_rows_of_one_family_share_split_relevance_and_protocols_by_default():
                    (ref.eval.ks, ref.eval.drr_ks, ref.eval.drr_n_state, ref.eval.drr_ideal), (family, name)
     assert EXPERIMENTS["popularity"].make_config().data.split.scheme == "users"
     assert EXPERIMENTS["popularity"].make_config().data.relevant_threshold == 4.0
+
+
+def _config_classes():
+    """Every config dataclass a user can set: the shared parts and each registered experiment's model tree."""
+    from experiments.registry import EXPERIMENTS
+    from jaxrec.envs.simulator import SimConfig
+
+    seen = {SimConfig}
+
+    def walk(obj):
+        if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+            seen.add(type(obj))
+            for f in dataclasses.fields(obj):
+                walk(getattr(obj, f.name))
+
+    for exp in EXPERIMENTS.values():
+        walk(exp.make_config())
+    return sorted(seen, key=lambda c: c.__qualname__)
+
+
+def test_one_config_style_frozen_documented_hashable():
+    """All configs are written one way: frozen dataclasses (immutable, hashable, so a config is a static jit
+    argument as it is) with a docstring per field."""
+    classes = _config_classes()
+    assert {c.__name__ for c in classes} >= {"Config", "SimConfig", "MFConfig", "MMConfig", "SQNConfig", "DDPGConfig"}
+    for cls in classes:
+        assert cls.__dataclass_params__.frozen, cls.__qualname__
+        docs = C.field_docs(cls)
+        missing = [f.name for f in dataclasses.fields(cls) if not docs.get(f.name)]
+        assert not missing, f"{cls.__qualname__} fields without a docstring: {missing}"
+        cfg = cls()
+        assert hash(cfg) == hash(cls()) and cfg == cls()
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            setattr(cfg, dataclasses.fields(cls)[0].name, None)
+
+
+def test_replace_builds_a_new_config_sharing_the_untouched_parts():
+    cfg = C.Config(exp="x")
+    out = C.replace(cfg, "data.split.seed", 4)
+    assert out.data.split.seed == 4 and cfg.data.split.seed == 0
+    assert out.train is cfg.train and out.data.split.fractions == cfg.data.split.fractions
+
+
+def test_a_compiled_mf_step_ignores_fields_it_does_not_read():
+    """The static part of a config is what the compiled function reads: another epoch count or an embedding
+    stage's own seed field must not recompile the MF training step; another learning rate must."""
+    import jax
+    import numpy as np
+
+    from experiments.ddpg import DRREmbedConfig
+    from jaxrec.embed import mf
+
+    rng = np.random.default_rng(0)
+    user, item = rng.integers(0, 20, 300), rng.integers(0, 30, 300)
+    cfg = mf.MFConfig(dim=4, batch=64, positive_threshold=4.0)
+    data = mf.prepare_data(user, item, rng.integers(1, 6, 300).astype(np.float32), 20, 30, cfg)
+    params = mf.init_params(jax.random.key(0), data, 20, cfg)
+    opt_state = mf.make_optimizer(cfg).init(params)
+    mf._train_epochs.clear_cache()
+    for variant in (cfg, dataclasses.replace(cfg, epochs=3, fold_in_iters=2),
+                    DRREmbedConfig(**{**dataclasses.asdict(cfg), "seed": 7})):
+        mf.train_epochs(params, opt_state, jax.random.key(1), 0, 1, data, variant)
+    assert mf._train_epochs._cache_size() == 1
+    mf.train_epochs(params, opt_state, jax.random.key(1), 0, 1, data, dataclasses.replace(cfg, lr=1e-3))
+    assert mf._train_epochs._cache_size() == 2

@@ -33,8 +33,11 @@ def setup():
 
 
 def build(train, cfg):
+    """(jitted init, jitted train (donating), the unjitted scan body)."""
     scfg = cfg.sim_config(4.0)
-    return ddpg.make_train(cfg, S.make_sim_data(train, scfg), scfg)
+    sim = S.make_sim_data(train, scfg)
+    init, train_fn = ddpg.make_train(cfg, sim, scfg)
+    return jax.jit(init), jax.jit(train_fn, static_argnums=1, donate_argnums=0), ddpg.make_step(cfg, sim, scfg)[1]
 
 
 def test_soft_update_by_hand():
@@ -82,7 +85,7 @@ def test_td_target_and_losses_by_hand():
                             next_items=jnp.array([[1, 2, 3, 5], [2, 3, 4, 5]]), terminal=jnp.array([False, True]))
     weights = jnp.array([1.0, 0.5])
     critic_loss, actor_loss = ddpg.make_losses(cfg)
-    loss, (td, _) = critic_loss(cp, cp_t, ap, emb, batch, weights)
+    loss, (td, _) = critic_loss(cp, cp_t, ap, emb, batch, weights, cfg.gamma)
     # By hand: y0 = 1 + 0.9 * Q'(s'0, mu'(s'0)); y1 = -0.5 (terminal); loss = mean(w * (y - Q(s, a))^2).
     u, hn, h = emb.user[batch.user], emb.item[batch.next_items], emb.item[batch.items]
     q_next = critic.apply(cp_t, u, hn, actor.apply(ap, u, hn))
@@ -94,7 +97,7 @@ def test_td_target_and_losses_by_hand():
     np.testing.assert_allclose(actor_loss(ap, cp, emb, batch), -jnp.mean(critic.apply(cp, u, h, actor.apply(ap, u, h))), rtol=1e-5)
     # The seed's target: min(Q(s', mu'(s')), Q'(s', mu'(s'))).
     faithful_loss, _ = ddpg.make_losses(dataclasses.replace(cfg, faithful_target=True))
-    _, (td_f, _) = faithful_loss(cp, cp_t, ap, emb, batch, weights)
+    _, (td_f, _) = faithful_loss(cp, cp_t, ap, emb, batch, weights, cfg.gamma)
     q_online_next = critic.apply(cp, u, hn, actor.apply(ap, u, hn))
     np.testing.assert_allclose(td_f[0], 1.0 + 0.9 * min(q_next[0], q_online_next[0]) - q[0], rtol=1e-5)
 
@@ -163,7 +166,7 @@ def test_horizon_is_a_truncation_that_bootstraps(setup, horizon_terminal):
     assert stored.size == 10 and bool(np.all(stored)) == horizon_terminal and bool(np.any(stored)) == horizon_terminal
     critic_loss, _ = ddpg.make_losses(cfg)
     batch = jax.tree.map(lambda x: x[:4], state.replay.data)
-    _, (td, _) = critic_loss(state.critic, state.critic_target, state.actor_target, emb, batch, jnp.ones(4))
+    _, (td, _) = critic_loss(state.critic, state.critic_target, state.actor_target, emb, batch, jnp.ones(4), cfg.gamma)
     actor, critic = ddpg.networks(cfg)
     u, h, hn = emb.user[batch.user], emb.item[batch.items], emb.item[batch.next_items]
     q = critic.apply(state.critic, u, h, batch.action)

@@ -123,7 +123,7 @@ def test_one_update_matches_ours(style):
     cfg = ddpg.DDPGConfig(dim=d, hidden=16, n_state=n_state, top_k=3, batch_size=8, replay_capacity=32)
     inter = synthetic_interactions(n_users=n_users, n_items=n_items, per_user=(8, 12), seed=2)
     sim_cfg = cfg.sim_config(4.0)
-    init, _, _ = ddpg.make_train(cfg, S.make_sim_data(inter, sim_cfg), sim_cfg)
+    init, _ = ddpg.make_train(cfg, S.make_sim_data(inter, sim_cfg), sim_cfg)
     rng = np.random.default_rng(0)
     emb = ddpg.Embeddings(user=jnp.asarray(rng.standard_normal((n_users, d)), jnp.float32),
                           item=jnp.asarray(rng.standard_normal((n_items, d)), jnp.float32))

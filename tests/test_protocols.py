@@ -2,7 +2,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxrec.data.splits import EvalView, eval_view, leave_last_out
+from jaxrec.data.splits import EvalView
 from jaxrec.eval.protocols import drr_protocol, full_ranking, rows_to_mask, state_rows
 from tests.helpers import make_interactions
 

@@ -1,7 +1,5 @@
 import json
 
-import pytest
-
 from experiments.report import main
 
 

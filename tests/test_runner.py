@@ -347,3 +347,8 @@ def test_a_run_from_before_a_new_option_resumes_at_its_default(data_dir, tmp_pat
     assert before == {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file()}
     rc, _, err = _run(args + ["--set", "eval.drr_ideal=k"], capsys)
     assert rc == 2 and "different config (eval.drr_ideal: 'true' there, 'k' now" in err
+    # Not finished yet (interrupted before final.json): it resumes too, and its config.json stays as it was.
+    (run_dir / "final.json").unlink()
+    rc, out, err = _run(args, capsys)
+    assert rc == 0 and (run_dir / "final.json").exists(), err
+    assert json.loads(cfg_path.read_text()) == saved

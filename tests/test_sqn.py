@@ -176,7 +176,7 @@ def run_train(cfg, steps, splits=(None,), seed=0):
     net = cfg.network(I)
     data = jax.device_put(sequence_chunks(inter, cfg.window, cfg.lookahead, cfg.chunk, cfg.min_history).arrays())
     if repr(cfg) not in _TRAIN:
-        _TRAIN[repr(cfg)] = make_train(cfg, net)
+        _TRAIN[repr(cfg)] = tuple(jax.jit(fn) for fn in make_train(cfg, net))
     init, train = _TRAIN[repr(cfg)]
     state = init(jax.random.key(seed))
     for n in splits if splits != (None,) else (steps,):

@@ -18,7 +18,7 @@ from jax.flatten_util import ravel_pytree
 
 from jaxrec.data.sequences import sequence_chunks
 from jaxrec.nets.sequence import SequenceNetwork
-from jaxrec.rl.sqn import (SQNConfig, TrainingState, make_losses, make_optimizer, make_scorer, make_update,
+from jaxrec.rl.sqn import (SQNConfig, TrainingState, hyper, make_losses, make_optimizer, make_scorer, make_update,
                            param_layout)
 from tests.helpers import make_interactions, synthetic_interactions, write_prepared
 
@@ -412,7 +412,7 @@ def test_optimizer_clips_the_global_norm_and_decays_by_hand(clip, wd):
     p, state = jnp.asarray(p0, jnp.float32), opt.init(jnp.asarray(p0, jnp.float32))
     for g in grads:
         updates, state = opt.update(jnp.asarray(g, jnp.float32), state, p)
-        p = optax.apply_updates(p, updates)
+        p = optax.apply_updates(p, cfg.lr * updates)  # the rate is the state's (traced), as in make_update
     np.testing.assert_allclose(p, adam_by_hand(p0, grads, 0.01, clip, wd), rtol=1e-6, atol=1e-7)
     # Not vacuous: the reference without this config's clip / decay ends elsewhere.
     if clip:
@@ -440,7 +440,7 @@ def test_grad_clip_and_weight_decay_in_a_training_update():
     optimizer = make_optimizer(cfg)
     s0 = TrainingState(params=params, target_params=jnp.zeros((1,)), opt_state=jax.vmap(optimizer.init)(params),
                        key=jax.random.key_data(jax.random.key(0)), step=jnp.int32(0),
-                       samples=jnp.zeros((2,), jnp.int32))
+                       samples=jnp.zeros((2,), jnp.int32), hyper=hyper(cfg))
     s1, metrics = jax.jit(make_update(cfg, net, optimizer))(s0, batch, jax.random.key(1))
     mu = np.asarray(optax.tree_utils.tree_get(s1.opt_state, "mu"), np.float64)[0]
     nu = np.asarray(optax.tree_utils.tree_get(s1.opt_state, "nu"), np.float64)[0]

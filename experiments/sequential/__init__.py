@@ -30,13 +30,13 @@ PROTOCOLS = ("next_item", "drr")
 EXPERIMENTS = [
     Experiment("m3s_tdlambda", "sequential transformer: CE + multi-step self-supervision + double-Q TD(lambda) "
                "over n steps with negatives (M3S seed, corrected); next_item protocol",
-               m3s_config, SequentialTrainer, quick=QUICK, protocols=PROTOCOLS),
+               m3s_config, SequentialTrainer, quick=QUICK, protocols=PROTOCOLS, data_parallel=True),
     Experiment("sqn", "SQN (Xin et al. 2020): same encoder, CE + one-step double Q-learning; next_item protocol",
-               sqn_config, SequentialTrainer, quick=QUICK, protocols=PROTOCOLS),
+               sqn_config, SequentialTrainer, quick=QUICK, protocols=PROTOCOLS, data_parallel=True),
     Experiment("sasrec", "same transformer encoder, supervised cross-entropy only; next_item protocol",
-               sasrec_config, SequentialTrainer, quick=QUICK, protocols=PROTOCOLS),
+               sasrec_config, SequentialTrainer, quick=QUICK, protocols=PROTOCOLS, data_parallel=True),
     Experiment("gru4rec", "GRU over the last items, supervised cross-entropy only; next_item protocol",
-               gru4rec_config, SequentialTrainer, quick=QUICK, protocols=PROTOCOLS),
+               gru4rec_config, SequentialTrainer, quick=QUICK, protocols=PROTOCOLS, data_parallel=True),
     Experiment("popularity_seq", "most-popular training items under the sequential next-item protocol "
                "(the floor of the rows above)", popularity_seq_config, PopularitySeqTrainer,
                quick=("eval.batch_users=256",), protocols=PROTOCOLS),

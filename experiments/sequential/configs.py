@@ -9,7 +9,7 @@ from jaxrec import config as C
 from jaxrec.rl.sqn import SQNConfig
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class PopularitySeqConfig:
     window: int = 10
     """Items of history shown per query (unused by the scores; keeps the queries identical)."""
@@ -69,9 +69,8 @@ def gru4rec_config() -> C.Config:
 
 
 def popularity_seq_config() -> C.Config:
-    cfg = _base("popularity_seq", PopularitySeqConfig(), steps=0, eval_every=1)
-    cfg.train = C.TrainConfig(steps=0)
-    return cfg
+    return dataclasses.replace(_base("popularity_seq", PopularitySeqConfig(), steps=0, eval_every=1),
+                               train=C.TrainConfig(steps=0))
 
 
 QUICK = ("train.steps=12", "train.eval_every=6", "train.ckpt_every=6", "train.log_every=3", "model.dim=16",

@@ -14,11 +14,14 @@ from experiments.memory import release_freed_memory
 from experiments.popularity import PopularityTrainer
 from experiments.trainer import Evaluator, StandardEvaluation
 from jaxrec import config as C
+from jaxrec import parallel
+from jaxrec import seeds as seeds_lib
 from jaxrec.data.sequences import sequence_chunks
 from jaxrec.data.splits import EvalView, guard_model_input, guard_training_input, train_view
 from jaxrec.errors import ConfigError
 from jaxrec.eval.next_item import NextItemEval, NextItemEvaluator, last_windows
 from jaxrec.rl.sqn import SQNConfig, make_scorer, make_train, samples_count
+from jaxrec.rl.sqn import hyper as sqn_hyper
 
 
 def next_item_evaluator(cfg: C.Config, data) -> NextItemEvaluator:
@@ -62,8 +65,9 @@ class SequentialTrainer(NextItemProtocol):
 
     def __init__(self, cfg: C.Config, data):
         m: SQNConfig = cfg.model.for_split(data.split.heldout_users)
-        if cfg.devices != 1:
-            raise ConfigError("--devices", "the sequential experiments run on one device")
+        self.mesh = parallel.make_mesh(cfg.devices)
+        # One global batch of batch_size / chunk chunks (per micro-batch) split over the devices.
+        parallel.check_divisible("model.batch_size", m.batch_size // m.chunk // m.micro_batches, self.mesh)
         self.cfg, self.inter = m, data.inter
         # Training windows come only from the training rows (checked on what reaches the windows).
         train = guard_training_input(data.split, train_view(data.inter, data.split), "sequence windows")
@@ -73,17 +77,20 @@ class SequentialTrainer(NextItemProtocol):
             raise ConfigError("data", "the training part has no transition (every user needs more than "
                                       "model.min_history interactions)")
         # Only the device copy is kept (the host arrays would double the data's share of the peak).
-        self.data = jax.device_put(chunks.arrays())
+        self.data = parallel.replicate(jax.device_put(chunks.arrays()), self.mesh)
         del chunks, train
         release_freed_memory()
         network = m.network(data.inter.n_items)
-        self._init, self._train = make_train(m, network)
+        init, train = make_train(m, network, parallel.batch_sharder(self.mesh))
+        pinned = parallel.replicated(self.mesh)
+        self._init, self._train = jax.jit(init), jax.jit(train, out_shardings=pinned)
+        self._train_many = seeds_lib.vmap_train(train, n_shared=1, static_steps=False, out_shardings=pinned)
         self._score = make_scorer(m, network)
         self._compiled: dict[str, Any] = {}
         self.evaluator = next_item_evaluator(cfg, data)
 
     def init(self, key):
-        state = self._init(key)
+        state = parallel.replicate(self._init(key), self.mesh)
         # Compile the evaluation functions now, while little is allocated, and hand their compile-time
         # memory back before training: the process peak stays max(train, eval), not their sum.
         self.evaluator.warm_up(lambda w: self._score(state.params, w), self.cfg.window)
@@ -103,6 +110,20 @@ class SequentialTrainer(NextItemProtocol):
         metrics = {k: float(v) for k, v in metrics.items()}
         release_freed_memory()
         return state, metrics
+
+    def can_train_seeds(self) -> bool:
+        return True
+
+    def with_hyper(self, state, cfg: C.Config):
+        """``state`` holding the traced hyper-parameters of ``cfg`` (``SQNConfig.TRACED``): a run whose config
+        differs from this trainer's only in those shares its compiled program (``C.program_key``)."""
+        return state.replace(hyper=parallel.replicate(sqn_hyper(cfg.model), self.mesh))
+
+    def train_seeds(self, states, n_steps):
+        """``train`` of stacked seed states as one vmapped program (``jaxrec.seeds``); metrics are [S]."""
+        states, metrics = self._train_many(states, self.data, jnp.int32(n_steps))
+        release_freed_memory()
+        return states, metrics
 
     def score_fn(self, state, view: EvalView):
         """Next-item scores from each user's last visible items (the built-in per-user protocols)."""

@@ -56,7 +56,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-from typing import Callable, Literal, NamedTuple
+from typing import Callable, Literal
 
 import chex
 import jax
@@ -68,7 +68,7 @@ from flax import struct
 from jaxrec.errors import ConfigError
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class MFConfig:
     objective: Literal["bce", "mse"] = "bce"
     """bce: the DRR seed's recipe (rated >= positive_threshold vs sampled unrated-positive items,
@@ -104,26 +104,18 @@ class MFConfig:
             raise ConfigError("MFConfig", "need lr > 0, l2 >= 0 and init_scale > 0")
 
 
-class _Hyper(NamedTuple):
-    """Hashable copy of ``MFConfig`` (a static argument of the jitted functions)."""
-
-    objective: str
-    dim: int
-    epochs: int
-    batch: int
-    lr: float
-    l2: float
-    n_negatives: int
-    positive_threshold: float | None
-    init_scale: float
-    fold_in_iters: int
-
-
-def _hyper(cfg: MFConfig) -> _Hyper:
+def _checked(cfg: MFConfig) -> MFConfig:
     cfg.validate()
     if cfg.objective == "bce" and cfg.positive_threshold is None:
         raise ConfigError("MFConfig.positive_threshold", "bce needs a positive threshold (resolve it from the data)")
-    return _Hyper(**dataclasses.asdict(cfg))
+    return cfg
+
+
+def static_part(cfg: MFConfig, cls: type, *names: str):
+    """``cls`` built from the fields ``names`` of ``cfg``, the others at their defaults: the static argument
+    of a compiled function that reads only those, so configs differing elsewhere (epochs, the seed of an
+    embedding stage, a subclass's own fields) share one compilation."""
+    return cls(**{name: getattr(_checked(cfg), name) for name in names})
 
 
 @struct.dataclass
@@ -199,7 +191,7 @@ def prepare_data(user, item, rating, n_users: int, n_items: int, cfg: MFConfig,
     ``pool``: the items that exist at training time (default all); negatives are drawn from it, and the
     rows of items outside it hold the pool's mean vector (a new item's best guess is the average item).
     """
-    hp = _hyper(cfg)
+    hp = _checked(cfg)
     user, item = np.asarray(user, np.int32), np.asarray(item, np.int32)
     rating = np.asarray(rating, np.float32)
     pool = np.arange(n_items, dtype=np.int32) if pool is None else np.unique(np.asarray(pool, np.int32))
@@ -229,7 +221,7 @@ def prepare_data(user, item, rating, n_users: int, n_items: int, cfg: MFConfig,
 
 def init_params(key: jax.Array, data: MFData, n_users: int, cfg: MFConfig) -> MFParams:
     """Normal-initialised tables (std ``init_scale``), zero biases, a = 1, c = mean rating (mse) or 0."""
-    hp = _hyper(cfg)
+    hp = _checked(cfg)
     ku, ki = jax.random.split(key)
     offset = jnp.mean(data.rating) if hp.objective == "mse" else jnp.float32(0.0)
     params = MFParams(
@@ -242,10 +234,9 @@ def init_params(key: jax.Array, data: MFData, n_users: int, cfg: MFConfig) -> MF
     return _with_prior(params, data, hp.objective)
 
 
-def make_optimizer(cfg: MFConfig | _Hyper) -> optax.GradientTransformation:
+def make_optimizer(cfg: MFConfig) -> optax.GradientTransformation:
     """The optimiser whose state ``train_epochs`` carries (plain Adam, as the seed's Keras default); the
-    one builder of both MF models (``jaxrec.embed.multimodal`` uses it too), from a config or its
-    hashable ``_Hyper``."""
+    one builder of both MF models (``jaxrec.embed.multimodal`` uses it too)."""
     return optax.adam(cfg.lr)
 
 
@@ -336,7 +327,7 @@ def sample_negatives(key: jax.Array, data: MFData, users: jax.Array, n: int) -> 
     return data.pool[jnp.minimum(r + (lo - first), data.n_items - 1)]
 
 
-def _example_loss(rows: dict, target: jax.Array, hp: _Hyper) -> jax.Array:
+def _example_loss(rows: dict, target: jax.Array, hp: MFConfig) -> jax.Array:
     """Mean of eq. (2) or (3) over a batch, as a function of the gathered rows only.
 
     ``rows``: user [B, d], item [B, J, d] (bce: the positive then the negatives; mse: J = 1), user_bias
@@ -362,7 +353,7 @@ def example_loss(rows: dict, target: jax.Array, hp) -> jax.Array:
     return _example_loss(rows, target, hp)
 
 
-def _loss_and_grads(params: MFParams, user: jax.Array, items: jax.Array, target: jax.Array, hp: _Hyper):
+def _loss_and_grads(params: MFParams, user: jax.Array, items: jax.Array, target: jax.Array, hp: MFConfig):
     """Batch loss and its gradient as dense tables (rows scattered back once per table)."""
     rows = {"user": _rows(params.user, user), "item": _rows(params.item, items),
             "user_bias": _rows(params.user_bias, user), "item_bias": _rows(params.item_bias, items),
@@ -409,7 +400,7 @@ def run_epochs(step, carry, first_epoch, n_epochs, steps_per_epoch: int):
 
 
 @functools.partial(jax.jit, static_argnames=("hp",))
-def _train_epochs(params, opt_state, key, first_epoch, n_epochs, data: MFData, hp: _Hyper):
+def _train_epochs(params, opt_state, key, first_epoch, n_epochs, data: MFData, hp: MFConfig):
     opt = make_optimizer(hp)
 
     def step(carry, global_step):
@@ -430,8 +421,7 @@ def train_epochs(params: MFParams, opt_state, key: jax.Array, first_epoch, n_epo
     An epoch is N / batch steps (N examples). Every draw of step t (its minibatch rows and negatives)
     comes from ``fold_in(key, t)``, so a run split into chunks replays an uninterrupted one exactly.
     """
-    # Only what the step uses is static, so configs differing elsewhere share one compilation.
-    hp = _hyper(cfg)._replace(dim=0, epochs=0, batch=0, init_scale=0.0, fold_in_iters=0)
+    hp = static_part(cfg, MFConfig, "objective", "lr", "l2", "n_negatives", "positive_threshold")
     return _train_epochs(params, opt_state, key, jnp.int32(first_epoch), jnp.int32(n_epochs), data, hp)
 
 
@@ -500,7 +490,7 @@ _STEP_SIZES = (1.0, 0.5, 0.25, 0.125, 0.0625, 0.0)
 """Newton step sizes tried by the bce fold-in's line search (0 keeps the objective from increasing)."""
 
 
-def _fold_in_bce(params: MFParams, prior_prec, gram, items, mask, ratings, hp: _Hyper):
+def _fold_in_bce(params: MFParams, prior_prec, gram, items, mask, ratings, hp: MFConfig):
     """Eq. (5) for one user by line-searched Newton-CG steps (module docstring); returns (U_u, 0)."""
     pos = (mask & (ratings >= hp.positive_threshold)).astype(jnp.float32)  # [L]
     n = pos.sum()
@@ -558,7 +548,7 @@ def _fold_in_bce(params: MFParams, prior_prec, gram, items, mask, ratings, hp: _
 
 
 @functools.partial(jax.jit, static_argnames=("hp",))
-def _fold_in(params, items, mask, ratings, hp: _Hyper):
+def _fold_in(params, items, mask, ratings, hp: MFConfig):
     if hp.objective == "mse":
         prec = jnp.linalg.inv(params.prior_cov)
         return jax.vmap(_fold_in_mse, in_axes=(None, None, 0, 0, 0))(params, prec, items, mask, ratings)
@@ -580,7 +570,7 @@ def fold_in_users(params: MFParams, item_ids_padded, mask, ratings, cfg: MFConfi
     chex.assert_rank([items, mask, ratings], 2)
     chex.assert_equal_shape([items, mask, ratings])
     items = jnp.where(mask, items, 0)
-    hp = _hyper(cfg)._replace(dim=0, epochs=0, batch=0, lr=0.0, l2=0.0, init_scale=0.0)
+    hp = static_part(cfg, MFConfig, "objective", "n_negatives", "positive_threshold", "fold_in_iters")
     return _fold_in(params, items, mask, ratings, hp)
 
 

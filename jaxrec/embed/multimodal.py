@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Callable, Literal, NamedTuple
+from typing import Callable, Literal
 
 import jax
 import jax.numpy as jnp
@@ -40,7 +40,7 @@ from jaxrec.errors import ConfigError
 from jaxrec.nets.fusion import FUSIONS, POOLS, Fusion, late_concat_dims
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class MMConfig(MFConfig):
     dim: int = 64
     """Width of the ID part of user and item vectors (the seed's multimodal setting: 64)."""
@@ -119,31 +119,21 @@ class MMParams:
     """Flax parameters of ``Fusion``."""
 
 
-class _Hyper(NamedTuple):
-    objective: str
-    lr: float
-    l2: float
-    n_negatives: int
-    positive_threshold: float | None
-    mm_dim: int
-    fusion: str
-    pool: str
+_STEP_FIELDS = ("objective", "lr", "l2", "n_negatives", "positive_threshold", "mm_dim", "fusion", "pool")
+"""What a compiled training step reads; other fields (epochs, dim, ...) do not recompile it."""
 
 
-def _hyper(cfg: MMConfig) -> _Hyper:
-    cfg.validate()
-    if cfg.objective == "bce" and cfg.positive_threshold is None:
-        raise ConfigError("positive_threshold", "bce needs a positive threshold (resolve it from the data)")
-    return _Hyper(cfg.objective, cfg.lr, cfg.l2, cfg.n_negatives, cfg.positive_threshold, cfg.mm_dim, cfg.fusion, cfg.pool)
+def _static(cfg: MMConfig) -> MMConfig:
+    return mf.static_part(cfg, MMConfig, *_STEP_FIELDS)
 
 
-def _module(hp) -> Fusion:
+def _module(hp: MMConfig) -> Fusion:
     return Fusion(out_dim=hp.mm_dim, fusion=hp.fusion, pool=hp.pool)
 
 
 def init_params(key: jax.Array, data: mf.MFData, features: ItemFeatures, n_users: int, cfg: MMConfig) -> MMParams:
     """Normal tables (std ``init_scale``), Flax-initialised fusion, zero biases, a = 1, c = mean rating or 0."""
-    hp = _hyper(cfg)
+    hp = _static(cfg)
     ku, ki, kf = jax.random.split(key, 3)
     id_dim = cfg.dim if cfg.use_ids else 0
     fusion = _module(hp).init(kf, tuple(x[:1] for x in features.feats), features.present[:1])["params"]
@@ -162,15 +152,15 @@ make_optimizer = mf.make_optimizer
 
 def fuse(params: MMParams, features: ItemFeatures, cfg: MMConfig) -> jax.Array:
     """[I, mm_dim]: F applied to every item of the catalogue (once, after or between training chunks)."""
-    return _fuse(params.fusion, features, _hyper(cfg))
+    return _fuse(params.fusion, features, _static(cfg))
 
 
 @functools.partial(jax.jit, static_argnames=("hp",))
-def _fuse(fusion_params, features: ItemFeatures, hp: _Hyper) -> jax.Array:
+def _fuse(fusion_params, features: ItemFeatures, hp: MMConfig) -> jax.Array:
     return _module(hp).apply({"params": fusion_params}, features.feats, features.present)
 
 
-def _batch_loss(trainable: dict, feat_rows: tuple, present_rows: jax.Array, target: jax.Array, hp: _Hyper):
+def _batch_loss(trainable: dict, feat_rows: tuple, present_rows: jax.Array, target: jax.Array, hp: MMConfig):
     """Eq. (2)/(3) of ``jaxrec.embed.mf`` on the gathered rows, with item rows = [ID rows ; F(features)]."""
     fused = _module(hp).apply({"params": trainable["fusion"]}, feat_rows, present_rows)  # [B, J, mm]
     rows = {k: v for k, v in trainable.items() if k not in ("fusion", "item_id")}
@@ -182,7 +172,7 @@ _TRAINED = {"bce": ("user", "item_id", "scale", "offset", "fusion"),
             "mse": ("user", "item_id", "user_bias", "item_bias", "offset", "fusion")}
 
 
-def _loss_and_grads(params: MMParams, features: ItemFeatures, user, items, target, hp: _Hyper):
+def _loss_and_grads(params: MMParams, features: ItemFeatures, user, items, target, hp: MMConfig):
     """Batch loss and its gradient as an ``MMParams`` (rows scattered back once per table, as mf)."""
     trainable = {"user": params.user[user], "item_id": params.item_id[items], "user_bias": params.user_bias[user],
                  "item_bias": params.item_bias[items], "scale": params.scale, "offset": params.offset,
@@ -202,7 +192,7 @@ def _loss_and_grads(params: MMParams, features: ItemFeatures, user, items, targe
 
 
 @functools.partial(jax.jit, static_argnames=("hp",))
-def _train_epochs(params, opt_state, key, first_epoch, n_epochs, data: mf.MFData, features: ItemFeatures, hp: _Hyper):
+def _train_epochs(params, opt_state, key, first_epoch, n_epochs, data: mf.MFData, features: ItemFeatures, hp: MMConfig):
     opt = make_optimizer(hp)
 
     def step(carry, global_step):
@@ -220,7 +210,7 @@ def train_epochs(params: MMParams, opt_state, key: jax.Array, first_epoch, n_epo
                  features: ItemFeatures, cfg: MMConfig):
     """Epochs ``first_epoch ..`` of eq. (6); draws of step t come from ``fold_in(key, t)`` (resumable)."""
     return _train_epochs(params, opt_state, key, jnp.int32(first_epoch), jnp.int32(n_epochs), data, features,
-                         _hyper(cfg))
+                         _static(cfg))
 
 
 def to_mf_params(params: MMParams, features: ItemFeatures, data: mf.MFData, cfg: MMConfig) -> mf.MFParams:

@@ -2,8 +2,8 @@
 
 The simulator replays logged ratings: recommending an item the user rated yields a reward from that
 rating, anything else a fixed penalty (the seed) or the MF-predicted rating (the paper's simulator).
-``reset`` and ``step`` act on ONE user; batches are ``jax.vmap(step, in_axes=(None, None, 0, 0, None))`` at
-the call site. The rules follow the seed (docs/differences.md, DRR table) with its bugs fixed:
+``reset`` and ``step`` act on ONE user; a batch of users is a ``jax.vmap`` at the call site that closes
+over the static ``SimConfig`` and maps the ``EnvState``. The rules follow the seed (docs/differences.md, DRR table) with its bugs fixed:
 
 * reset: the state is the first ``n_state`` items of the user's visible history (any rating, as the
   seed; ``positives`` only by option); those items count as already recommended.
@@ -19,6 +19,8 @@ the call site. The rules follow the seed (docs/differences.md, DRR table) with i
   (``info["terminal"]`` tells them apart; the seed treated both as terminal, drr-horizon).
 """
 from __future__ import annotations
+
+import dataclasses
 
 import chex
 import jax
@@ -56,18 +58,28 @@ class EnvState:
     ep_return: jax.Array  # float32 []: return so far (for logging)
 
 
-@struct.dataclass
+@dataclasses.dataclass(frozen=True)
 class SimConfig:
-    """Static simulator settings (hashable, so jitted functions can close over them)."""
+    """Simulator settings. They fix shapes and branches, so jitted code closes over them (static)."""
 
-    n_state: int = struct.field(pytree_node=False, default=10)
-    top_k: int = struct.field(pytree_node=False, default=10)
-    horizon: int = struct.field(pytree_node=False, default=3000)
-    done_at_positives: bool = struct.field(pytree_node=False, default=True)
-    unrated_reward: float = struct.field(pytree_node=False, default=-0.5)
-    mf_reward: bool = struct.field(pytree_node=False, default=False)
-    positive_threshold: float = struct.field(pytree_node=False, default=4.0)
-    faithful_append: bool = struct.field(pytree_node=False, default=False)
+    n_state: int = 10
+    """Items in the state (the user's last N positively rated items)."""
+    top_k: int = 10
+    """Items recommended per step."""
+    horizon: int = 3000
+    """Steps before an episode is cut (a time limit: info["terminal"] stays false there)."""
+    done_at_positives: bool = True
+    """The seed's done rule: the episode ends once the user has been shown as many items as they rated
+    positively (a terminal state)."""
+    unrated_reward: float = -0.5
+    """Reward of an item the user never rated (when ``mf_reward`` is off)."""
+    mf_reward: bool = False
+    """Reward unrated items by the pretrained MF's predicted rating instead of ``unrated_reward``."""
+    positive_threshold: float = 4.0
+    """Ratings at or above it are positives (they enter the state)."""
+    faithful_append: bool = False
+    """The seed's state update: append every rated hit of the step when any reward is positive (jaxrec
+    appends the positively rewarded items only)."""
 
 
 def make_sim_data(train: Interactions, cfg: SimConfig, init_positives_only: bool = False,

@@ -2,11 +2,12 @@
 
 One ``TrainingState`` pytree holds everything that changes: actor/critic parameters, their targets and
 optimiser states, the replay buffer, a batch of simulator episodes (one per parallel user), the PRNG key
-and counters. ``make_train(cfg, ...)`` returns ``(init, train)`` where ``train(state, n)`` runs ``n``
-steps in one jitted ``lax.scan``: each step acts for every parallel user, steps the simulator, stores
-the transitions, restarts finished episodes and makes one batched update (the seed's one update per
-environment step). Randomness is ``fold_in(key, step)``, so any chunking of the steps (and resuming
-from a checkpoint) gives identical results.
+and counters; the hyper-parameters a sweep varies are in it too (``hyper``, ``DDPGConfig.TRACED``).
+``make_train(cfg, ...)`` returns pure ``(init, train)`` where ``train(state, n)`` runs ``n`` steps in one
+``lax.scan`` (the caller jits it, or vmaps it over seeds or grid points first): each step acts for every
+parallel user, steps the simulator, stores the transitions, restarts finished episodes and makes one
+batched update (the seed's one update per environment step). Randomness is ``fold_in(key, step)``, so
+any chunking of the steps (and resuming from a checkpoint) gives identical results.
 
 Losses (the seed's, corrected where marked; ids are rows of docs/differences.md):
 * critic: importance-weighted MSE to ``y = r + gamma (1 - terminal) Q'(s', mu'(s'))`` (DDPG eq. 4-5);
@@ -19,8 +20,7 @@ Losses (the seed's, corrected where marked; ids are rows of docs/differences.md)
 from __future__ import annotations
 
 import dataclasses
-import functools
-from typing import Any, Literal
+from typing import Any, Callable, ClassVar, Literal
 
 import chex
 import jax
@@ -33,8 +33,13 @@ from jaxrec.nets.drr import Actor, Critic, to_unit
 from jaxrec.rl import replay as replay_lib
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class DDPGConfig:
+    TRACED: ClassVar[tuple[str, ...]] = ("actor_lr", "critic_lr", "gamma", "tau", "sigma", "epsilon", "epsilon_decay",
+                                         "epsilon_min", "per_alpha", "per_beta", "per_beta_increment", "per_eps")
+    """Fields read from the training state (``TrainingState.hyper``), not compiled in: configurations that
+    differ only in them run as one vmapped program (``jaxrec.seeds``; ``ablate.py`` grids)."""
+
     dim: int = 100
     """Embedding size of users and items (the seed's ID-only setting)."""
     srm: Literal["ave", "p", "u", "fixed_ave"] = "ave"
@@ -147,6 +152,7 @@ class TrainingState:
     step: jax.Array
     updates: jax.Array
     env_steps: jax.Array
+    hyper: dict[str, jax.Array]  # DDPGConfig.TRACED -> float32 scalar (per seed / grid point when vmapped)
 
 
 def networks(cfg: DDPGConfig) -> tuple[Actor, Critic]:
@@ -159,7 +165,7 @@ def make_losses(cfg: DDPGConfig):
     actor, critic = networks(cfg)
     q_apply = jax.vmap(critic.apply, in_axes=(0, None, None, None)) if cfg.twin else critic.apply
 
-    def critic_loss(critic_params, critic_target, actor_target, emb: Embeddings, batch: Transition, weights):
+    def critic_loss(critic_params, critic_target, actor_target, emb: Embeddings, batch: Transition, weights, gamma):
         u = emb.user[batch.user]
         h, h_next = emb.item[batch.items], emb.item[batch.next_items]
         a_next = actor.apply(actor_target, u, h_next)
@@ -168,7 +174,7 @@ def make_losses(cfg: DDPGConfig):
             q_next = jnp.min(q_next, axis=0)
         elif cfg.faithful_target:
             q_next = jnp.minimum(q_next, critic.apply(critic_params, u, h_next, a_next))
-        y = jax.lax.stop_gradient(batch.reward + cfg.gamma * (1.0 - batch.terminal) * q_next)
+        y = jax.lax.stop_gradient(batch.reward + gamma * (1.0 - batch.terminal) * q_next)
         q = q_apply(critic_params, u, h, batch.action)
         td = y - q  # [B] or [2, B]
         loss = jnp.mean(weights * jnp.square(td)) * (2.0 if cfg.twin else 1.0)
@@ -189,33 +195,50 @@ def soft_update(target, online, tau: float):
     return jax.tree.map(lambda t, o: (1.0 - tau) * t + tau * o, target, online)
 
 
-def make_optimizers(cfg: DDPGConfig) -> tuple[optax.GradientTransformation, optax.GradientTransformation]:
-    """(actor, critic) optimisers: Adam with their own learning rates (the seed's)."""
-    return optax.adam(cfg.actor_lr), optax.adam(cfg.critic_lr)
+def make_optimizer() -> optax.GradientTransformation:
+    """Adam without its learning rate (the seed's optimiser for actor and critic): ``update`` multiplies by
+    the traced rate of the state, so runs with different rates share one program. ``optax.adam(lr)`` is this
+    chain with ``scale(-lr)`` last; the state has the same structure and the update the same bits."""
+    return optax.chain(optax.scale_by_adam(), optax.scale(-1.0))
 
 
-def make_update(cfg: DDPGConfig):
-    """One gradient update from replay: critic, then actor, then targets and priorities."""
+def hyper(cfg: DDPGConfig) -> dict[str, jax.Array]:
+    """The traced hyper-parameters of ``cfg`` (``TrainingState.hyper``)."""
+    return {name: jnp.float32(getattr(cfg, name)) for name in cfg.TRACED}
+
+
+def _step(tx: optax.GradientTransformation, grads, opt_state, params, lr):
+    updates, opt_state = tx.update(grads, opt_state, params)
+    return optax.apply_updates(params, jax.tree.map(lambda u: lr * u, updates)), opt_state
+
+
+def _no_sharding(tree, axis=0):
+    return tree
+
+
+def make_update(cfg: DDPGConfig, shard: Callable = _no_sharding):
+    """One gradient update from replay: critic, then actor, then targets and priorities. ``shard``
+    (``jaxrec.parallel.batch_sharder``) splits the minibatch over devices; the losses' means stay global."""
     critic_loss, actor_loss = make_losses(cfg)
-    actor_tx, critic_tx = make_optimizers(cfg)
+    tx = make_optimizer()
 
     def update(state: TrainingState, key: jax.Array) -> tuple[TrainingState, dict]:
-        beta = jnp.minimum(1.0, cfg.per_beta + cfg.per_beta_increment * state.updates.astype(jnp.float32))
+        hp = state.hyper
+        beta = jnp.minimum(1.0, hp["per_beta"] + hp["per_beta_increment"] * state.updates.astype(jnp.float32))
         batch, idx, weights = replay_lib.sample(state.replay, key, cfg.batch_size, beta)
+        batch, weights = shard((batch, weights))
         (c_loss, (td, q_mean)), c_grads = jax.value_and_grad(critic_loss, has_aux=True)(
-            state.critic, state.critic_target, state.actor_target, state.emb, batch, weights)
-        c_updates, critic_opt = critic_tx.update(c_grads, state.critic_opt, state.critic)
-        critic = optax.apply_updates(state.critic, c_updates)
+            state.critic, state.critic_target, state.actor_target, state.emb, batch, weights, hp["gamma"])
+        critic, critic_opt = _step(tx, c_grads, state.critic_opt, state.critic, hp["critic_lr"])
         a_loss, a_grads = jax.value_and_grad(actor_loss)(state.actor, critic, state.emb, batch)
-        a_updates, actor_opt = actor_tx.update(a_grads, state.actor_opt, state.actor)
-        actor = optax.apply_updates(state.actor, a_updates)
+        actor, actor_opt = _step(tx, a_grads, state.actor_opt, state.actor, hp["actor_lr"])
         replay = state.replay
         if cfg.prioritized:
-            replay = replay_lib.update_priorities(replay, idx, td, cfg.per_alpha, cfg.per_eps)
+            replay = replay_lib.update_priorities(replay, idx, td, hp["per_alpha"], hp["per_eps"])
         new = state.replace(
             actor=actor, critic=critic, actor_opt=actor_opt, critic_opt=critic_opt, replay=replay,
-            actor_target=soft_update(state.actor_target, actor, cfg.tau),
-            critic_target=soft_update(state.critic_target, critic, cfg.tau),
+            actor_target=soft_update(state.actor_target, actor, hp["tau"]),
+            critic_target=soft_update(state.critic_target, critic, hp["tau"]),
             updates=state.updates + 1,
         )
         return new, {"critic_loss": c_loss, "actor_loss": a_loss, "q": q_mean}
@@ -223,21 +246,43 @@ def make_update(cfg: DDPGConfig):
     return update
 
 
-def make_train(cfg: DDPGConfig, sim: sim_lib.SimData, sim_cfg: sim_lib.SimConfig):
-    """(init(key, emb) -> TrainingState, train(state, n_steps) -> (state, metrics), train_step).
+def make_train(cfg: DDPGConfig, sim: sim_lib.SimData, sim_cfg: sim_lib.SimConfig, shard: Callable = _no_sharding):
+    """``(init, train)``: pure, unjitted functions; callers jit them (one run) or vmap them (seeds).
 
-    ``init`` and ``train`` are jitted; ``train_step(state, None) -> (state, metrics)`` is the unjitted
-    scan body (tests compare the scan against stepping it one call at a time).
-
-    ``sim`` (the logged ratings) is data, closed over. ``init(key, emb)`` takes the frozen
-    representations and keeps them in the state, so that a checkpoint alone can score users.
+    ``init(key, emb) -> TrainingState`` takes the frozen representations and keeps them in the state, so
+    that a checkpoint alone can score users. ``train(state, n_steps) -> (state, metrics)`` runs ``n_steps``
+    (a static int) steps in one ``lax.scan`` of ``make_step``'s step and returns the chunk's mean losses.
+    ``sim`` (the logged ratings) is data, closed over. ``shard``: see ``make_step``.
     """
+    init, train_step = make_step(cfg, sim, sim_cfg, shard)
+
+    def train(state: TrainingState, n_steps: int):
+        state, m = jax.lax.scan(train_step, state, None, length=n_steps)
+        n_upd = jnp.maximum(jnp.sum(m["updated"]), 1.0)
+        episodes = jnp.sum(m["episodes"])
+        summary = {
+            "critic_loss": jnp.sum(m["critic_loss"]) / n_upd, "actor_loss": jnp.sum(m["actor_loss"]) / n_upd,
+            "q": jnp.sum(m["q"]) / n_upd, "reward": jnp.mean(m["reward"]), "episodes": episodes,
+            "episode_return": jnp.where(episodes > 0, jnp.sum(m["episode_return_sum"]) / jnp.maximum(episodes, 1), jnp.nan),
+        }
+        return state, summary
+
+    return init, train
+
+
+def make_step(cfg: DDPGConfig, sim: sim_lib.SimData, sim_cfg: sim_lib.SimConfig, shard: Callable = _no_sharding):
+    """``(init, train_step)``: ``train_step(state, None) -> (state, metrics)`` is one environment step for
+    every parallel user plus one update (the scan body of ``make_train``'s ``train``; tests step it alone).
+    ``shard`` (``jaxrec.parallel.batch_sharder``) splits the parallel users and the replay minibatch over
+    devices (data parallelism); the default keeps everything on one device."""
     actor, critic = networks(cfg)
-    update = make_update(cfg)
-    actor_tx, critic_tx = make_optimizers(cfg)
+    update = make_update(cfg, shard)
+    tx = make_optimizer()
     n_state, d = cfg.n_state, cfg.dim
-    v_reset = jax.vmap(sim_lib.reset, in_axes=(None, None, 0))
-    v_step = jax.vmap(sim_lib.step, in_axes=(None, None, 0, 0, None))
+    # The simulator's settings are static (they fix shapes and branches): close over them, map the rest.
+    v_reset = jax.vmap(lambda sim, users: sim_lib.reset(sim, sim_cfg, users), in_axes=(None, 0))
+    v_step = jax.vmap(lambda sim, env, action, item_repr: sim_lib.step(sim, sim_cfg, env, action, item_repr),
+                      in_axes=(None, 0, 0, None))
     v_sample_user = jax.vmap(sim_lib.sample_user, in_axes=(None, 0))
 
     def init(key: jax.Array, emb: Embeddings) -> TrainingState:
@@ -254,31 +299,32 @@ def make_train(cfg: DDPGConfig, sim: sim_lib.SimData, sim_cfg: sim_lib.SimConfig
         users = v_sample_user(sim, jax.random.split(k_users, cfg.n_envs))
         return TrainingState(
             actor=actor_params, critic=critic_params, actor_target=actor_params, critic_target=critic_params,
-            actor_opt=actor_tx.init(actor_params), critic_opt=critic_tx.init(critic_params),
+            actor_opt=tx.init(actor_params), critic_opt=tx.init(critic_params),
             replay=replay_lib.init(example, cfg.replay_capacity, cfg.prioritized),
-            env=v_reset(sim, sim_cfg, users), emb=emb, key=jax.random.key_data(k_run),
-            step=jnp.int32(0), updates=jnp.int32(0), env_steps=jnp.int32(0),
+            env=v_reset(sim, users), emb=emb, key=jax.random.key_data(k_run),
+            step=jnp.int32(0), updates=jnp.int32(0), env_steps=jnp.int32(0), hyper=hyper(cfg),
         )
 
     def train_step(state: TrainingState, _):
         key = jax.random.fold_in(jax.random.wrap_key_data(state.key), state.step)
         k_explore, k_noise, k_users, k_update = jax.random.split(key, 4)
-        env = state.env
+        env = shard(state.env)
         u, h = state.emb.user[env.user], state.emb.item[env.items]
         action = actor.apply(state.actor, u, h)
         # Decays per environment step (the seed: per noisy step of its single user), so n_envs parallel
         # users explore as much per transition as one user does.
-        epsilon = jnp.maximum(cfg.epsilon_min, cfg.epsilon - cfg.epsilon_decay * state.env_steps.astype(jnp.float32))
+        hp = state.hyper
+        epsilon = jnp.maximum(hp["epsilon_min"], hp["epsilon"] - hp["epsilon_decay"] * state.env_steps.astype(jnp.float32))
         explore = jax.random.uniform(k_explore, (cfg.n_envs, 1)) < epsilon
-        action = action + explore * cfg.sigma * jax.random.normal(k_noise, action.shape)
+        action = action + explore * hp["sigma"] * jax.random.normal(k_noise, action.shape)
         if cfg.action == "unit":
             action = to_unit(action)
-        next_env, reward, done, info = v_step(sim, sim_cfg, env, action, state.emb.item)
+        next_env, reward, done, info = v_step(sim, env, action, state.emb.item)
         # A user stopped by the horizon is stored as non-terminal: its target bootstraps from Q(s', mu'(s')).
         terminal = done if cfg.horizon_terminal else info["terminal"]
         replay = replay_lib.add(state.replay, Transition(user=env.user, items=env.items, action=action, reward=reward,
                                                          next_items=next_env.items, terminal=terminal))
-        fresh = v_reset(sim, sim_cfg, v_sample_user(sim, jax.random.split(k_users, cfg.n_envs)))
+        fresh = v_reset(sim, v_sample_user(sim, jax.random.split(k_users, cfg.n_envs)))
         env_after = jax.tree.map(lambda f, n: jnp.where(done.reshape(done.shape + (1,) * (n.ndim - 1)), f, n),
                                  fresh, next_env)
         state = state.replace(env=env_after, replay=replay, step=state.step + 1,
@@ -292,20 +338,7 @@ def make_train(cfg: DDPGConfig, sim: sim_lib.SimData, sim_cfg: sim_lib.SimConfig
                    "episode_return_sum": jnp.sum(jnp.where(done, next_env.ep_return, 0.0))}
         return state, metrics
 
-    @functools.partial(jax.jit, static_argnums=1, donate_argnums=0)
-    def train(state: TrainingState, n_steps: int):
-        """``n_steps`` steps in one scan; returns the state and the chunk's mean losses. Donates ``state``."""
-        state, m = jax.lax.scan(train_step, state, None, length=n_steps)
-        n_upd = jnp.maximum(jnp.sum(m["updated"]), 1.0)
-        episodes = jnp.sum(m["episodes"])
-        summary = {
-            "critic_loss": jnp.sum(m["critic_loss"]) / n_upd, "actor_loss": jnp.sum(m["actor_loss"]) / n_upd,
-            "q": jnp.sum(m["q"]) / n_upd, "reward": jnp.mean(m["reward"]), "episodes": episodes,
-            "episode_return": jnp.where(episodes > 0, jnp.sum(m["episode_return_sum"]) / jnp.maximum(episodes, 1), jnp.nan),
-        }
-        return state, summary
-
-    return jax.jit(init), train, train_step
+    return init, train_step
 
 
 def act(cfg: DDPGConfig, actor_params, user_vecs: jax.Array, item_vecs: jax.Array) -> jax.Array:

@@ -40,7 +40,7 @@ read off that encoding.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Literal
+from typing import Any, Callable, ClassVar, Literal
 
 import chex
 import jax
@@ -55,8 +55,13 @@ from jaxrec.nets.sequence import SequenceNetwork
 from jaxrec.rl.returns import lambda_returns
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class SQNConfig:
+    TRACED: ClassVar[tuple[str, ...]] = ("lr", "gamma", "lam", "sup_weight", "q_weight", "ssl_weight", "neg_reward",
+                                         "target_tau")
+    """Fields read from the training state (``TrainingState.hyper``), not compiled in: configurations that
+    differ only in them (and agree on the properties below, e.g. ``uses_q``) run as one vmapped program."""
+
     backbone: Literal["transformer", "gru"] = "transformer"
     """State encoder: a transformer (the seed's, SASRec-like) or a GRU (GRU4Rec-like)."""
     window: int = 10
@@ -211,6 +216,8 @@ class TrainingState:
     """Updates done (int32)."""
     samples: jax.Array
     """Training samples consumed, as int32 [hi, lo] with lo < 2^20 (exact far beyond 2^31)."""
+    hyper: dict[str, jax.Array]
+    """``SQNConfig.TRACED`` -> float32 scalar (one per seed / grid point when vmapped)."""
 
 
 Batch = dict  # {"items" [B, L], "reward" [B, A], "valid" [B, A], "terminal" [B, A], "sample" [B, C]}
@@ -281,9 +288,12 @@ def make_losses(cfg: SQNConfig, network: SequenceNetwork):
         """[C] λ-return of each sample of one chunk over its n logged steps (unbatched)."""
         return jax.vmap(lambda_returns)(reward[horizon], discount[horizon], v_next[horizon], lam[horizon])[:, 0]
 
-    def loss(main_params, target_params, batch: Batch, keys: jax.Array, count: jax.Array | None = None):
+    def loss(main_params, target_params, batch: Batch, keys: jax.Array, count: jax.Array | None = None,
+             hp: dict[str, jax.Array] | None = None):
         """``keys`` [B]: one key per chunk (its dropout and negatives); ``count``: the number of samples
-        the sums are divided by (default: this batch's; micro-batches pass the whole batch's)."""
+        the sums are divided by (default: this batch's; micro-batches pass the whole batch's); ``hp``: the
+        traced hyper-parameters (default: ``cfg``'s)."""
+        hp = hyper(cfg) if hp is None else hp
         items, reward, valid, terminal, sample = (batch[k] for k in ("items", "reward", "valid", "terminal", "sample"))
         B = items.shape[0]
         chex.assert_shape(items, (B, N + A))
@@ -303,7 +313,7 @@ def make_losses(cfg: SQNConfig, network: SequenceNetwork):
         lse = jax.nn.logsumexp(logits, axis=-1)  # [B, n_sup_states]
         ce = lse - jnp.take_along_axis(logits, safe_actions[:, :n_sup_states, None], axis=2)[..., 0]
         metrics = {"loss_sup": jnp.sum(ce[:, :C] * w) / count}
-        total = cfg.sup_weight * metrics["loss_sup"]
+        total = hp["sup_weight"] * metrics["loss_sup"]
 
         if uses_ssl:
             if cfg.ssl == "future_states":
@@ -313,18 +323,18 @@ def make_losses(cfg: SQNConfig, network: SequenceNetwork):
             ok = valid[:, future].astype(jnp.float32)  # [B, C, n-1]
             per_sample = jnp.sum(ssl_ce * ok, axis=2) / jnp.maximum(ok.sum(axis=2), 1.0)
             metrics["loss_ssl"] = jnp.sum(per_sample * w) / count
-            total = total + cfg.ssl_weight * metrics["loss_ssl"]
+            total = total + hp["ssl_weight"] * metrics["loss_ssl"]
 
         if uses_q:
             h_target = jax.vmap(encode_target, in_axes=(None, 0))(target_params, items)
             valid_f = valid.astype(jnp.float32)
             if cfg.bootstrap_at_end:
                 # A cut history: bootstrap after the last logged action (λ_t = 0 there stops the return).
-                discount = cfg.gamma * valid_f
-                lam = cfg.lam * jnp.concatenate([valid_f[:, 1:], jnp.zeros((B, 1))], axis=1)
+                discount = hp["gamma"] * valid_f
+                lam = hp["lam"] * jnp.concatenate([valid_f[:, 1:], jnp.zeros((B, 1))], axis=1)
             else:
-                discount = cfg.gamma * valid_f * (1.0 - terminal.astype(jnp.float32))
-                lam = jnp.full((B, A), cfg.lam)
+                discount = hp["gamma"] * valid_f * (1.0 - terminal.astype(jnp.float32))
+                lam = jnp.full((B, A), hp["lam"])
             if cfg.negatives:
                 # K items drawn uniformly per chunk and shared by its C samples (one gather of K head rows
                 # per chunk instead of C * K: XLA:CPU scatters the gradient row by row); a draw equal to a
@@ -346,20 +356,29 @@ def make_losses(cfg: SQNConfig, network: SequenceNetwork):
                 if cfg.negatives:
                     q_neg = network.apply(main_params, h[:, :C], neg[:, None, :], head, method=SequenceNetwork.q_at)
                     v_neg = v[:, :C] if cfg.neg_next == "same" else v[:, 1:C + 1]
-                    y_neg = jax.lax.stop_gradient(cfg.neg_reward + cfg.gamma * v_neg)
+                    y_neg = jax.lax.stop_gradient(hp["neg_reward"] + hp["gamma"] * v_neg)
                     sq = jnp.sum(jnp.square(q_neg - y_neg[..., None]) * is_neg, axis=2) / jnp.maximum(is_neg.sum(axis=2), 1.0)
                     terms["loss_neg"] += jnp.sum(sq * w) / count
             # Averaged over the heads, so the Q terms keep one head's scale whatever double_q is.
             metrics.update({k: v / len(pairs) for k, v in terms.items() if k != "loss_neg" or cfg.negatives})
-            total = total + cfg.q_weight * (metrics["loss_td"] + metrics.get("loss_neg", 0.0))
+            total = total + hp["q_weight"] * (metrics["loss_td"] + metrics.get("loss_neg", 0.0))
         return total, {"loss": total, **metrics, "samples": jnp.sum(w)}
 
     return loss
 
 
+def hyper(cfg: SQNConfig) -> dict[str, jax.Array]:
+    """The traced hyper-parameters of ``cfg`` (``TrainingState.hyper``)."""
+    return {name: jnp.float32(getattr(cfg, name)) for name in cfg.TRACED}
+
+
 def make_optimizer(cfg: SQNConfig) -> optax.GradientTransformation:
+    """Adam (AdamW with ``weight_decay``) after optional clipping, without its learning rate: the update
+    multiplies by the state's traced rate. ``optax.adam(lr)``/``adamw`` end in ``scale(-lr)``; this ends in
+    ``scale(-1)``, so the state has their structure and ``lr *`` the update gives the same bits."""
     parts = [optax.clip_by_global_norm(cfg.grad_clip)] if cfg.grad_clip > 0 else []
-    parts.append(optax.adamw(cfg.lr, weight_decay=cfg.weight_decay) if cfg.weight_decay > 0 else optax.adam(cfg.lr))
+    decay = [optax.add_decayed_weights(cfg.weight_decay)] if cfg.weight_decay > 0 else []
+    parts.append(optax.chain(optax.scale_by_adam(), *decay, optax.scale(-1.0)))
     return optax.chain(*parts)
 
 
@@ -381,35 +400,42 @@ def network_params(network: SequenceNetwork, state: TrainingState, i: int = 0):
     return param_layout(network)[1](state.params[i])
 
 
-def make_update(cfg: SQNConfig, network: SequenceNetwork, optimizer: optax.GradientTransformation):
+def _no_sharding(tree, axis=0):
+    return tree
+
+
+def make_update(cfg: SQNConfig, network: SequenceNetwork, optimizer: optax.GradientTransformation,
+                shard: Callable = _no_sharding):
     """``update(state, batch, key) -> (state, metrics)``: one gradient step of the main network.
 
     With ``cfg.micro_batches > 1`` the batch's gradient is accumulated over equal slices of its chunks
     (each chunk keeps its own key, every sum is divided by the whole batch's sample count): the same
     update up to float summation order, with the step's temporary buffers divided by the slice count.
+    ``shard`` (``jaxrec.parallel.batch_sharder``) splits the batch (each micro-batch) over devices.
     """
     loss_fn = make_losses(cfg, network)
     _, unravel = param_layout(network)
 
-    def flat_loss(params, target, batch, keys, count=None):
-        return loss_fn(unravel(params), unravel(target) if cfg.uses_q else {}, batch, keys, count)
+    def flat_loss(params, target, batch, keys, count, hp):
+        return loss_fn(unravel(params), unravel(target) if cfg.uses_q else {}, batch, keys, count, hp)
 
     grad_fn = jax.value_and_grad(flat_loss, has_aux=True)
     n_micro = cfg.micro_batches
 
-    def gradients(params, target, batch, keys):
+    def gradients(params, target, batch, keys, hp):
         if n_micro == 1:
-            (_, metrics), grads = grad_fn(params, target, batch, keys)
+            (_, metrics), grads = grad_fn(params, target, batch, keys, None, hp)
             return metrics, grads
         count = jnp.sum(batch["sample"].astype(jnp.float32))
         sliced = jax.tree.map(lambda x: x.reshape((n_micro, x.shape[0] // n_micro) + x.shape[1:]), (batch, keys))
+        sliced = shard(sliced, 1)  # each micro-batch split over the devices, not micro-batches over devices
 
         def accumulate(acc, micro):
-            (_, metrics), grads = grad_fn(params, target, micro[0], micro[1], count)
+            (_, metrics), grads = grad_fn(params, target, micro[0], micro[1], count, hp)
             return jax.tree.map(jnp.add, acc, (metrics, grads)), None
 
         first = jax.tree.map(lambda x: x[0], sliced)
-        (_, metrics), grads = jax.eval_shape(grad_fn, params, target, first[0], first[1], count)
+        (_, metrics), grads = jax.eval_shape(grad_fn, params, target, first[0], first[1], count, hp)
         zero = jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), (metrics, grads))
         (metrics, grads), _ = jax.lax.scan(accumulate, zero, sliced)
         return metrics, grads
@@ -424,13 +450,16 @@ def make_update(cfg: SQNConfig, network: SequenceNetwork, optimizer: optax.Gradi
         params = state.params[main]
         target = state.target_params[other] if cfg.uses_q else params
         keys = jax.random.split(k_loss, batch["items"].shape[0])
-        metrics, grads = gradients(params, target, batch, keys)
+        if n_micro == 1:
+            batch, keys = shard((batch, keys))
+        hp = state.hyper
+        metrics, grads = gradients(params, target, batch, keys, hp)
         opt = _tree_index(state.opt_state, main)
         updates, opt = optimizer.update(grads, opt, params)
-        all_params = state.params.at[main].set(optax.apply_updates(params, updates))
+        all_params = state.params.at[main].set(optax.apply_updates(params, hp["lr"] * updates))
         target_params = state.target_params
         if cfg.uses_q:
-            target_params = optax.incremental_update(all_params, target_params, cfg.target_tau)
+            target_params = optax.incremental_update(all_params, target_params, hp["target_tau"])
         n = metrics.pop("samples").astype(jnp.int32)
         lo = state.samples[1] + n
         samples = jnp.stack([state.samples[0] + lo // _LO, lo % _LO])
@@ -443,20 +472,20 @@ def make_update(cfg: SQNConfig, network: SequenceNetwork, optimizer: optax.Gradi
     return update
 
 
-def make_train(cfg: SQNConfig, network: SequenceNetwork):
-    """``(init, train)``.
+def make_train(cfg: SQNConfig, network: SequenceNetwork, shard: Callable = _no_sharding):
+    """``(init, train)``: pure, unjitted functions; callers jit them (one run) or vmap them (seeds).
 
     ``init(key) -> TrainingState``; ``train(state, data, n_steps) -> (state, mean metrics)`` runs
-    ``n_steps`` updates in one jitted loop on the device. ``data`` is the dict of chunk arrays of the
-    whole training set (``SequenceChunks.arrays()`` on the device); each update draws
-    ``batch_size / chunk`` chunks uniformly with replacement using ``fold_in(key, step)``, so any split
-    of the steps into calls, and resuming from a checkpoint, gives the same result.
+    ``n_steps`` (may be traced: one compilation for every chunk length) updates in one loop on the device.
+    ``data`` is the dict of chunk arrays of the whole training set (``SequenceChunks.arrays()`` on the
+    device); each update draws ``batch_size / chunk`` chunks uniformly with replacement using
+    ``fold_in(key, step)``, so any split of the steps into calls, and resuming from a checkpoint, gives the
+    same result. ``shard`` splits each batch over devices (``make_update``).
     """
     optimizer = make_optimizer(cfg)
-    update = make_update(cfg, network, optimizer)
+    update = make_update(cfg, network, optimizer, shard)
     n_chunks = cfg.batch_size // cfg.chunk
 
-    @jax.jit
     def init(key: jax.Array) -> TrainingState:
         k_init, k_run = jax.random.split(key)
         dummy = jnp.full((cfg.window,), network.n_items, jnp.int32)
@@ -468,9 +497,9 @@ def make_train(cfg: SQNConfig, network: SequenceNetwork):
         # Without Q-learning a one-element placeholder (orbax cannot checkpoint empty arrays).
         target = params if cfg.uses_q else jnp.zeros((1,), params.dtype)
         return TrainingState(params=params, target_params=target, opt_state=opt_state,
-                             key=jax.random.key_data(k_run), step=jnp.int32(0), samples=jnp.zeros((2,), jnp.int32))
+                             key=jax.random.key_data(k_run), step=jnp.int32(0), samples=jnp.zeros((2,), jnp.int32),
+                             hyper=hyper(cfg))
 
-    @jax.jit
     def train(state: TrainingState, data: dict, n_steps: jax.Array):
         n_total = data["items"].shape[0]
         base = jax.random.wrap_key_data(state.key)

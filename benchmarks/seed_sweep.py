@@ -1,0 +1,158 @@
+"""Seeds in one program: N seeds of one configuration trained as ONE vmapped program against the same N seeds
+trained one after another, in one process (training steps per second, all seeds together).
+
+  python benchmarks/seed_sweep.py [--quick] [--exps ddpg_id,m3s_tdlambda] [--seeds 8] [--repeats R]
+                                  [--data DIR] [--set a.b=value ...]
+
+Methodology
+-----------
+1. Data and configs. The prepared ML-1M (``data/ml-1m``) and each experiment's registered config (its default
+   split) plus ``--set``; ``ddpg_id`` with ``model.embed.seed=0`` so that the seeds share one MF fit (the
+   embedding stage, fitted once in a temp directory and not timed: the benchmark is about training).
+2. Both sides run the experiment's own trainer, i.e. what ``run.py --seeds N`` runs: the baseline is
+   ``trainer.train(state, K)`` for each seed in turn (the program ``train.seed_batch=1`` runs), ours is
+   ``trainer.train_seeds(stacked_states, K)`` (``jaxrec.seeds``: one ``vmap`` over the seed axis, one jit).
+   Both are compiled and warmed up with one untimed chunk outside the timed region.
+3. Repeats (default 5; ``--quick`` 2, with shorter chunks) alternate which side goes first, so load from
+   other processes hits both alike. A repeat of the baseline trains each of the N seeds one chunk of K steps;
+   a repeat of ours trains all N seeds one chunk of K steps; both are timed to ``block_until_ready``. The
+   rate is N x K / wall seconds; reported numbers are MEDIANS over repeats.
+4. Output: one JSON line per experiment (docs/design.md, section 7): ``seed_sweep_<exp>``, ``ours`` = vmapped
+   seed-steps/s, ``baseline`` = one-after-another seed-steps/s, ``ratio`` = ours / baseline; goal >= 2 on a
+   2-core CPU (a batch-64 DDPG update or a batch-2048 M3S step leaves most of the CPU's vector units idle
+   between small matmuls; a batch of seeds fills them; far more on a GPU).
+"""
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import jax  # noqa: E402
+
+from benchmarks.common import device, load_note, positive  # noqa: E402
+from jaxrec import config as C  # noqa: E402
+from jaxrec import seeds as seeds_lib  # noqa: E402
+from jaxrec.cli import ArgParser, cli_main  # noqa: E402
+from jaxrec.data.prepared import check_prepared  # noqa: E402
+from jaxrec.errors import ConfigError, InputError  # noqa: E402
+
+GOAL = 2.0
+# Steps per timed chunk of one seed (about 1 s each on the 2-core CPU at the registered configs).
+CHUNK = {"ddpg_id": 400, "m3s_tdlambda": 6}
+CHUNK_QUICK = {"ddpg_id": 100, "m3s_tdlambda": 2}
+DEFAULT_CHUNK, DEFAULT_CHUNK_QUICK = 20, 4
+
+
+def block(tree):
+    return jax.block_until_ready(tree)
+
+
+class Sweep:
+    """One experiment's trainer with N seed states, each side compiled and warmed up on construction."""
+
+    def __init__(self, name: str, cfg: C.Config, data, n_seeds: int, chunk: int, stage_dir: Path):
+        from experiments.registry import EXPERIMENTS
+
+        trainer = EXPERIMENTS[name].make_trainer(cfg, data)
+        if getattr(trainer, "train_seeds", None) is None or not trainer.can_train_seeds():
+            raise ConfigError("--exps", f"{name} does not train seeds in one program (no train_seeds)")
+        if hasattr(trainer, "stage_dir"):
+            trainer.stage_dir = stage_dir
+        self.trainer, self.n, self.chunk = trainer, n_seeds, chunk
+        self.states = [trainer.init(jax.random.key(cfg.seed + s)) for s in range(n_seeds)]
+        self.stacked = seeds_lib.stack([jax.tree.map(lambda x: x.copy(), s) for s in self.states])
+        self.sequential()  # compile + warm up
+        self.vmapped()
+
+    def sequential(self) -> float:
+        """Wall seconds of one chunk for each seed in turn."""
+        t0 = time.perf_counter()
+        for i in range(self.n):
+            self.states[i], metrics = self.trainer.train(self.states[i], self.chunk)
+            block((self.states[i], metrics))
+        return time.perf_counter() - t0
+
+    def vmapped(self) -> float:
+        """Wall seconds of one chunk for all seeds as one program."""
+        t0 = time.perf_counter()
+        self.stacked, metrics = self.trainer.train_seeds(self.stacked, self.chunk)
+        block((self.stacked, metrics))
+        return time.perf_counter() - t0
+
+
+def parse_args(argv=None):
+    """The flags, checked (InputError naming the flag) before anything is built or timed."""
+    p = ArgParser(prog="seed_sweep.py", description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help="shorter chunks and 2 repeats")
+    p.add_argument("--exps", default="ddpg_id,m3s_tdlambda",
+                   help="comma-separated experiments (default ddpg_id,m3s_tdlambda)")
+    p.add_argument("--seeds", type=int, default=8, help="seeds per side (default 8)")
+    p.add_argument("--repeats", type=int, default=None, help="timed repeats per side (default 5; --quick: 2)")
+    p.add_argument("--data", default=str(REPO / "data" / "ml-1m"))
+    p.add_argument("--set", nargs="*", default=[], metavar="a.b=value", help="config overrides for every experiment")
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+    args = p.parse_args(argv)
+    args.repeats = positive("--repeats", args.repeats) or (2 if args.quick else 5)
+    if positive("--seeds", args.seeds) < 2:
+        raise InputError("--seeds", f"{args.seeds}, expected at least 2 seeds to batch")
+    from experiments.registry import EXPERIMENTS
+
+    args.exps = [e for e in args.exps.split(",") if e]
+    unknown = [e for e in args.exps if e not in EXPERIMENTS]
+    if not args.exps or unknown:
+        raise InputError("--exps", f"{','.join(unknown) or args.exps!r}: unknown; known: {', '.join(EXPERIMENTS)}")
+    return args
+
+
+def config(name: str, args) -> C.Config:
+    from experiments.registry import EXPERIMENTS
+
+    overrides = [f"data.path={args.data}"] + (["model.embed.seed=0"] if name == "ddpg_id" else [])
+    return C.apply_overrides(EXPERIMENTS[name].make_config(), overrides + list(args.set))
+
+
+def main_args(argv) -> None:
+    args = parse_args(argv)
+    from experiments.dataset import load_dataset
+
+    cfgs = {name: config(name, args) for name in args.exps}  # every config checked before any data is read
+    check_prepared(args.data)
+    dev = device() if jax.default_backend() == "cpu" else str(jax.devices()[0].device_kind)
+    print(f"device: {dev}; jax {jax.__version__} ({jax.default_backend()})", flush=True)
+    for name, cfg in cfgs.items():
+        data = load_dataset(cfg)
+        chunk = (CHUNK_QUICK if args.quick else CHUNK).get(name, DEFAULT_CHUNK_QUICK if args.quick else DEFAULT_CHUNK)
+        with tempfile.TemporaryDirectory() as stage:
+            t0 = time.perf_counter()
+            sweep = Sweep(name, cfg, data, args.seeds, chunk, Path(stage))
+            print(f"{name}: {args.seeds} seeds built, compiled and warmed up in {time.perf_counter() - t0:.1f}s "
+                  f"(chunk {chunk} steps)", flush=True)
+            load_note(f"{name} before")
+            seq, vm = [], []
+            for r in range(args.repeats):
+                order = ((seq, sweep.sequential), (vm, sweep.vmapped))
+                for out, timed in (order if r % 2 == 0 else order[::-1]):
+                    out.append(args.seeds * chunk / timed())
+            load_note(f"{name} after")
+        ours, base = statistics.median(vm), statistics.median(seq)
+        print(json.dumps({
+            "metric": f"seed_sweep_{name}", "ours": round(ours, 2), "baseline": round(base, 2),
+            "ratio": round(ours / base, 2), "unit": "seed-steps/s", "device": dev, "seeds": args.seeds,
+            "chunk": chunk, "repeats": args.repeats, "goal": GOAL,
+            "ours_all": [round(x, 2) for x in vm], "baseline_all": [round(x, 2) for x in seq]}), flush=True)
+        del sweep, data
+
+
+def main(argv=None) -> int:
+    return cli_main(main_args, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
