@@ -188,7 +188,7 @@ class DRRTrainer(StandardEvaluation):
     def with_hyper(self, state, cfg: C.Config):
         """``state`` holding the traced hyper-parameters of ``cfg`` (``DDPGConfig.TRACED``): a run whose config
         differs from this trainer's only in those shares its compiled program (``C.program_key``)."""
-        return {**state, "agent": state["agent"].replace(hyper=parallel.replicate(ddpg.hyper(cfg.model.agent), self.mesh))}
+        return {**state, "agent": state["agent"].replace(hyper=parallel.replicate(seeds_lib.traced_values(cfg.model.agent), self.mesh))}
 
     def train_seeds(self, states, n_steps):
         """``train`` of stacked seed states as one vmapped program (``jaxrec.seeds``); metrics are [S]."""

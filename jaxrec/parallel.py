@@ -53,11 +53,16 @@ def replicated(mesh: Mesh | None) -> NamedSharding | None:
     return None if mesh is None else NamedSharding(mesh, PartitionSpec())
 
 
+def no_sharding(tree: Any, axis: int = 0) -> Any:
+    """The ``shard`` of one device: ``tree`` as it is (the default of the trainers' ``shard`` arguments)."""
+    return tree
+
+
 def batch_sharder(mesh: Mesh | None) -> Callable[..., Any]:
     """``shard(tree, axis=0)``: inside a jitted step, every leaf of ``tree`` split along ``axis`` over the
     mesh (identity without a mesh). Leaves must have that axis with a size divisible by the device count."""
     if mesh is None:
-        return lambda tree, axis=0: tree
+        return no_sharding
 
     def shard(tree, axis: int = 0):
         def one(x):

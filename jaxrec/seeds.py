@@ -15,6 +15,12 @@ import jax
 import jax.numpy as jnp
 
 
+def traced_values(cfg) -> dict[str, jax.Array]:
+    """The fields a config class lists in ``TRACED`` as float32 scalars: the ``hyper`` of a trainer's state,
+    read at run time instead of compiled in, so that grid points differing only in them share a program."""
+    return {name: jnp.float32(getattr(cfg, name)) for name in cfg.TRACED}
+
+
 def stack(states: Sequence[Any]) -> Any:
     """One pytree whose leaves carry a leading axis of ``len(states)`` (the seed axis)."""
     return jax.tree.map(lambda *xs: jnp.stack(xs), *states)

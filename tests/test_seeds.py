@@ -44,6 +44,20 @@ def assert_close(a, b, tol=1e-5):
 CASES = {"ddpg_id": DDPG, "m3s_tdlambda": M3S, "mf": MF}
 
 
+def counting_vmap_train(traces: list):
+    """``seeds.vmap_train`` that appends to ``traces`` each time its program is traced."""
+    original = seeds_lib.vmap_train
+
+    def counting(train, *args, **kwargs):
+        def traced(*a):
+            traces.append(1)
+            return train(*a)
+
+        return original(traced, *args, **kwargs)
+
+    return counting
+
+
 @pytest.fixture(scope="module")
 def together(data_dir, tmp_path_factory):
     """``together(exp)``: ``--seeds 3`` of ``exp`` trained as one vmapped program, run once per module:
@@ -54,15 +68,7 @@ def together(data_dir, tmp_path_factory):
         if exp not in done:
             traces = []
             original = seeds_lib.vmap_train
-
-            def counting(train, *args, **kwargs):
-                def traced(*a):
-                    traces.append(1)
-                    return train(*a)
-
-                return original(traced, *args, **kwargs)
-
-            seeds_lib.vmap_train = counting
+            seeds_lib.vmap_train = counting_vmap_train(traces)
             try:
                 out = tmp_path_factory.mktemp("together") / "run"
                 args = ["--data", str(data_dir)] + CASES[exp]  # ends with --set: callers append overrides
@@ -185,16 +191,7 @@ def test_grid_points_of_traced_values_train_as_one_program(exp, data_dir, tmp_pa
     grid = ablate.Grid(exp, key, tuple((f"p{i}", (f"{key}={v}",)) for i, v in enumerate(values)), "traced grid")
     monkeypatch.setitem(ablate.GRIDS, "traced", grid)
     traces = []
-    original = seeds_lib.vmap_train
-
-    def counting(train, *a, **k):
-        def traced(*x):
-            traces.append(1)
-            return train(*x)
-
-        return original(traced, *a, **k)
-
-    monkeypatch.setattr(seeds_lib, "vmap_train", counting)
+    monkeypatch.setattr(seeds_lib, "vmap_train", counting_vmap_train(traces))
     out = tmp_path / "grid"
     metric = "drr:ndcg@10" if exp == "ddpg_id" else "next_item:ndcg@10"
     assert ablate.main(["--grid=traced", "--quick", "--data", str(data_dir), "--out", str(out), "--metrics", metric,

@@ -18,8 +18,9 @@ from jax.flatten_util import ravel_pytree
 
 from jaxrec.data.sequences import sequence_chunks
 from jaxrec.nets.sequence import SequenceNetwork
-from jaxrec.rl.sqn import (SQNConfig, TrainingState, hyper, make_losses, make_optimizer, make_scorer, make_update,
+from jaxrec.rl.sqn import (SQNConfig, TrainingState, make_losses, make_optimizer, make_scorer, make_update,
                            param_layout)
+from jaxrec.seeds import traced_values
 from tests.helpers import make_interactions, synthetic_interactions, write_prepared
 
 I = 4  # items 0..3
@@ -440,7 +441,7 @@ def test_grad_clip_and_weight_decay_in_a_training_update():
     optimizer = make_optimizer(cfg)
     s0 = TrainingState(params=params, target_params=jnp.zeros((1,)), opt_state=jax.vmap(optimizer.init)(params),
                        key=jax.random.key_data(jax.random.key(0)), step=jnp.int32(0),
-                       samples=jnp.zeros((2,), jnp.int32), hyper=hyper(cfg))
+                       samples=jnp.zeros((2,), jnp.int32), hyper=traced_values(cfg))
     s1, metrics = jax.jit(make_update(cfg, net, optimizer))(s0, batch, jax.random.key(1))
     mu = np.asarray(optax.tree_utils.tree_get(s1.opt_state, "mu"), np.float64)[0]
     nu = np.asarray(optax.tree_utils.tree_get(s1.opt_state, "nu"), np.float64)[0]

@@ -21,7 +21,6 @@ from jaxrec.data.splits import EvalView, guard_model_input, guard_training_input
 from jaxrec.errors import ConfigError
 from jaxrec.eval.next_item import NextItemEval, NextItemEvaluator, last_windows
 from jaxrec.rl.sqn import SQNConfig, make_scorer, make_train, samples_count
-from jaxrec.rl.sqn import hyper as sqn_hyper
 
 
 def next_item_evaluator(cfg: C.Config, data) -> NextItemEvaluator:
@@ -117,7 +116,7 @@ class SequentialTrainer(NextItemProtocol):
     def with_hyper(self, state, cfg: C.Config):
         """``state`` holding the traced hyper-parameters of ``cfg`` (``SQNConfig.TRACED``): a run whose config
         differs from this trainer's only in those shares its compiled program (``C.program_key``)."""
-        return state.replace(hyper=parallel.replicate(sqn_hyper(cfg.model), self.mesh))
+        return state.replace(hyper=parallel.replicate(seeds_lib.traced_values(cfg.model), self.mesh))
 
     def train_seeds(self, states, n_steps):
         """``train`` of stacked seed states as one vmapped program (``jaxrec.seeds``); metrics are [S]."""

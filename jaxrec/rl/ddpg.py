@@ -30,7 +30,9 @@ from flax import struct
 
 from jaxrec.envs import simulator as sim_lib
 from jaxrec.nets.drr import Actor, Critic, to_unit
+from jaxrec.parallel import no_sharding
 from jaxrec.rl import replay as replay_lib
+from jaxrec.seeds import traced_values
 
 
 @dataclasses.dataclass(frozen=True)
@@ -202,21 +204,12 @@ def make_optimizer() -> optax.GradientTransformation:
     return optax.chain(optax.scale_by_adam(), optax.scale(-1.0))
 
 
-def hyper(cfg: DDPGConfig) -> dict[str, jax.Array]:
-    """The traced hyper-parameters of ``cfg`` (``TrainingState.hyper``)."""
-    return {name: jnp.float32(getattr(cfg, name)) for name in cfg.TRACED}
-
-
 def _step(tx: optax.GradientTransformation, grads, opt_state, params, lr):
     updates, opt_state = tx.update(grads, opt_state, params)
     return optax.apply_updates(params, jax.tree.map(lambda u: lr * u, updates)), opt_state
 
 
-def _no_sharding(tree, axis=0):
-    return tree
-
-
-def make_update(cfg: DDPGConfig, shard: Callable = _no_sharding):
+def make_update(cfg: DDPGConfig, shard: Callable = no_sharding):
     """One gradient update from replay: critic, then actor, then targets and priorities. ``shard``
     (``jaxrec.parallel.batch_sharder``) splits the minibatch over devices; the losses' means stay global."""
     critic_loss, actor_loss = make_losses(cfg)
@@ -246,7 +239,7 @@ def make_update(cfg: DDPGConfig, shard: Callable = _no_sharding):
     return update
 
 
-def make_train(cfg: DDPGConfig, sim: sim_lib.SimData, sim_cfg: sim_lib.SimConfig, shard: Callable = _no_sharding):
+def make_train(cfg: DDPGConfig, sim: sim_lib.SimData, sim_cfg: sim_lib.SimConfig, shard: Callable = no_sharding):
     """``(init, train)``: pure, unjitted functions; callers jit them (one run) or vmap them (seeds).
 
     ``init(key, emb) -> TrainingState`` takes the frozen representations and keeps them in the state, so
@@ -270,7 +263,7 @@ def make_train(cfg: DDPGConfig, sim: sim_lib.SimData, sim_cfg: sim_lib.SimConfig
     return init, train
 
 
-def make_step(cfg: DDPGConfig, sim: sim_lib.SimData, sim_cfg: sim_lib.SimConfig, shard: Callable = _no_sharding):
+def make_step(cfg: DDPGConfig, sim: sim_lib.SimData, sim_cfg: sim_lib.SimConfig, shard: Callable = no_sharding):
     """``(init, train_step)``: ``train_step(state, None) -> (state, metrics)`` is one environment step for
     every parallel user plus one update (the scan body of ``make_train``'s ``train``; tests step it alone).
     ``shard`` (``jaxrec.parallel.batch_sharder``) splits the parallel users and the replay minibatch over
@@ -302,7 +295,7 @@ def make_step(cfg: DDPGConfig, sim: sim_lib.SimData, sim_cfg: sim_lib.SimConfig,
             actor_opt=tx.init(actor_params), critic_opt=tx.init(critic_params),
             replay=replay_lib.init(example, cfg.replay_capacity, cfg.prioritized),
             env=v_reset(sim, users), emb=emb, key=jax.random.key_data(k_run),
-            step=jnp.int32(0), updates=jnp.int32(0), env_steps=jnp.int32(0), hyper=hyper(cfg),
+            step=jnp.int32(0), updates=jnp.int32(0), env_steps=jnp.int32(0), hyper=traced_values(cfg),
         )
 
     def train_step(state: TrainingState, _):

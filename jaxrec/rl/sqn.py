@@ -52,7 +52,9 @@ from jax.flatten_util import ravel_pytree
 
 from jaxrec.errors import ConfigError
 from jaxrec.nets.sequence import SequenceNetwork
+from jaxrec.parallel import no_sharding
 from jaxrec.rl.returns import lambda_returns
+from jaxrec.seeds import traced_values
 
 
 @dataclasses.dataclass(frozen=True)
@@ -293,7 +295,7 @@ def make_losses(cfg: SQNConfig, network: SequenceNetwork):
         """``keys`` [B]: one key per chunk (its dropout and negatives); ``count``: the number of samples
         the sums are divided by (default: this batch's; micro-batches pass the whole batch's); ``hp``: the
         traced hyper-parameters (default: ``cfg``'s)."""
-        hp = hyper(cfg) if hp is None else hp
+        hp = traced_values(cfg) if hp is None else hp
         items, reward, valid, terminal, sample = (batch[k] for k in ("items", "reward", "valid", "terminal", "sample"))
         B = items.shape[0]
         chex.assert_shape(items, (B, N + A))
@@ -367,11 +369,6 @@ def make_losses(cfg: SQNConfig, network: SequenceNetwork):
     return loss
 
 
-def hyper(cfg: SQNConfig) -> dict[str, jax.Array]:
-    """The traced hyper-parameters of ``cfg`` (``TrainingState.hyper``)."""
-    return {name: jnp.float32(getattr(cfg, name)) for name in cfg.TRACED}
-
-
 def make_optimizer(cfg: SQNConfig) -> optax.GradientTransformation:
     """Adam (AdamW with ``weight_decay``) after optional clipping, without its learning rate: the update
     multiplies by the state's traced rate. ``optax.adam(lr)``/``adamw`` end in ``scale(-lr)``; this ends in
@@ -400,12 +397,8 @@ def network_params(network: SequenceNetwork, state: TrainingState, i: int = 0):
     return param_layout(network)[1](state.params[i])
 
 
-def _no_sharding(tree, axis=0):
-    return tree
-
-
 def make_update(cfg: SQNConfig, network: SequenceNetwork, optimizer: optax.GradientTransformation,
-                shard: Callable = _no_sharding):
+                shard: Callable = no_sharding):
     """``update(state, batch, key) -> (state, metrics)``: one gradient step of the main network.
 
     With ``cfg.micro_batches > 1`` the batch's gradient is accumulated over equal slices of its chunks
@@ -472,7 +465,7 @@ def make_update(cfg: SQNConfig, network: SequenceNetwork, optimizer: optax.Gradi
     return update
 
 
-def make_train(cfg: SQNConfig, network: SequenceNetwork, shard: Callable = _no_sharding):
+def make_train(cfg: SQNConfig, network: SequenceNetwork, shard: Callable = no_sharding):
     """``(init, train)``: pure, unjitted functions; callers jit them (one run) or vmap them (seeds).
 
     ``init(key) -> TrainingState``; ``train(state, data, n_steps) -> (state, mean metrics)`` runs
@@ -498,7 +491,7 @@ def make_train(cfg: SQNConfig, network: SequenceNetwork, shard: Callable = _no_s
         target = params if cfg.uses_q else jnp.zeros((1,), params.dtype)
         return TrainingState(params=params, target_params=target, opt_state=opt_state,
                              key=jax.random.key_data(k_run), step=jnp.int32(0), samples=jnp.zeros((2,), jnp.int32),
-                             hyper=hyper(cfg))
+                             hyper=traced_values(cfg))
 
     def train(state: TrainingState, data: dict, n_steps: jax.Array):
         n_total = data["items"].shape[0]
