@@ -21,7 +21,8 @@ key gives another entry, never embeddings fitted for something else, and an entr
 JSON equals the deps exactly. Each file is written to a temporary name and renamed, the JSON first, so a
 complete .npz always has its JSON and a killed write leaves no half file under an entry's name. An entry
 that cannot be read (truncated, corrupt, leaves of other shapes) is reported on stderr and refitted
-over; a directory that cannot be written costs the saving (a warning), never the run.
+over; a directory that cannot be written costs the saving (a warning), never the run. In a run of several
+processes each one loads or fits the same entry and only process 0 saves it.
 """
 from __future__ import annotations
 
@@ -111,6 +112,8 @@ def load_or_fit(directory: Path, deps: dict, template, fit: Callable[[], Any],
             warn(f"warning: pretrained embeddings {npz} cannot be read ({type(e).__name__}: "
                  f"{str(e).splitlines()[0][:160] if str(e) else ''}); fitting them again")
     tree = fit()
+    if jax.process_index() != 0:  # several processes (hosts) fit the same tree; process 0 saves it
+        return tree
     try:
         save(directory, deps, tree)
     except OSError as e:

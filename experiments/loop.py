@@ -24,6 +24,13 @@ One trainer serves every seed of a run (``init`` once per seed): what it compile
 run, and dropped with it when the run ends. Seeds (and ``ablate.py`` grid points that share a compiled
 program, ``run_points``) train as one vmapped program when the trainer has ``train_seeds``: each still has
 its own ``SeedRun``, files and resume, so a run's numbers do not depend on how its seeds were batched.
+
+Several processes (hosts; ``jaxrec.parallel.initialize``) run this loop in lockstep on one shared run
+directory: every process trains, evaluates (on its own replica of the state, ``parallel.local``), decides
+the same best state and takes part in every checkpoint save and restore; only process 0 writes the metric
+lines, ``config.json``, ``final.json``, plots and stages and prints progress. Barriers (``parallel.sync``)
+keep the others from opening the checkpoints before process 0 created the directory, and from leaving a
+run before its ``final.json`` is written.
 """
 from __future__ import annotations
 
@@ -46,6 +53,7 @@ from experiments.progress import Bars, log_line
 from experiments.rundir import Checkpoints, RunDir, checkpoint_tree, write_json_atomic
 from experiments.trainer import Experiment, Trainer, check_evaluators, evaluate, evaluate_groups, selection_value
 from jaxrec import config as C
+from jaxrec import parallel
 from jaxrec.errors import ConfigError, DivergedError
 from jaxrec.eval.stats import aggregate_seeds
 
@@ -62,7 +70,7 @@ class SeedRun:
         experiments/embed_stage.py): the run root of several seeds; default ``run_dir``."""
         self.exp, self.cfg, self.run_dir, self.data, self.progress, self.bars = exp, cfg, Path(run_dir), data, progress, bars
         self.stage_dir = Path(stage_dir or run_dir)
-        self.rd = RunDir(run_dir)
+        self.rd = RunDir(run_dir, writer=parallel.is_primary())
         self.rd.check(C.to_dict(cfg), defaults=C.to_dict(exp.make_config()))
         self.final = json.loads(self.rd.final.read_text()) if self.rd.final.exists() else None
         self.manager = None
@@ -76,13 +84,14 @@ class SeedRun:
         if hasattr(trainer, "stage_dir"):  # trainers with a stage fitted once per run (pretrained embeddings)
             trainer.stage_dir = self.stage_dir
         self.rd.start(C.to_dict(self.cfg), defaults=C.to_dict(self.exp.make_config()))
+        parallel.sync(f"started {self.run_dir}")  # the directory exists before any process opens its checkpoints
         state = trainer.init(jax.random.key(self.cfg.seed))
         if hasattr(trainer, "with_hyper"):
             # The trainer may be shared with runs of other traced values (an ablate.py grid): this run's own.
             state = trainer.with_hyper(state, self.cfg)
         ckpt = checkpoint_tree(state, copy_tree(state), 0, 0.0, 0, -np.inf)
         self.manager = Checkpoints(self.rd.ckpt_dir)
-        restored, latest = self.manager.restore_latest(ckpt, lambda msg: print(msg, file=sys.stderr))
+        restored, latest = self.manager.restore_latest(ckpt, warn)
         if latest is not None:
             ckpt = restored
             self.rd.truncate(int(ckpt["n_lines"]))
@@ -110,7 +119,8 @@ class SeedRun:
                    tc.ckpt_every - step % tc.ckpt_every, tc.steps - step)
 
     def validate_and_select(self, state):
-        val, _ = evaluate(self.trainer, state, self.data, self.cfg, "val", self.bars)
+        # Every process evaluates its own replica (the same numbers on each, so all select the same best).
+        val, _ = evaluate(self.trainer, parallel.local(state), self.data, self.cfg, "val", self.bars)
         self.rd.log({"step": self.step, "wall_s": self.wall(), "val": val})
         self.progress(f"step {self.step}: val {short(val)}")
         v = selection_value(val, self.cfg)
@@ -143,6 +153,7 @@ class SeedRun:
         cfg, data, trainer, best = self.cfg, self.data, self.trainer, self.best
         if cfg.train.steps == 0 and self.manager.latest() is None:  # (a resumed fit-once run has it already)
             self.manager.save(0, checkpoint_tree(self.state, best, 0, self.wall(), self.rd.n_lines(), self.best_val))
+        best = parallel.local(best)
         val, val_users = evaluate(trainer, best, data, cfg, "val", self.bars)
         test, test_users = evaluate(trainer, best, data, cfg, "test", self.bars)
         groups = {part: evaluate_groups(trainer, best, data, cfg, part) for part in ("val", "test")}
@@ -156,8 +167,10 @@ class SeedRun:
             final["by_event"]["users"] = {part: {g: n for g, (_, n) in groups[part].items()} for part in ("val", "test")}
         final.setdefault("env_steps", 0)
         final.setdefault("updates", 0)
-        write_json_atomic(self.rd.final, final)
-        write_plots(self.rd)
+        if self.rd.writer:
+            write_json_atomic(self.rd.final, final)
+            write_plots(self.rd)
+        parallel.sync(f"finished {self.run_dir}")  # no process leaves the run before its final.json exists
         self.progress(f"test {short(test)}")
         self.final = final
         return final
@@ -297,6 +310,7 @@ def run_points(exp: Experiment, cfgs: list[C.Config], run_dirs: list[Path], n_se
     points that differ only in traced hyper-parameters): the first one's trainer serves all, each state
     holding its own traced values. A trainer that cannot batch states (or ``train.seed_batch=1``) runs them
     one after another, still compiled once."""
+    progress, quiet = primary_only(progress, quiet)
     keys = {C.program_key(c) for c in cfgs}
     if len(keys) != 1:
         raise ConfigError("grid", "points that differ in more than traced hyper-parameters cannot share a program")
@@ -334,15 +348,17 @@ def run_points(exp: Experiment, cfgs: list[C.Config], run_dirs: list[Path], n_se
 def write_aggregate(exp: Experiment, cfg: C.Config, run_dir: Path, n_seeds: int, finals: list[dict]) -> dict:
     """The run directory of several seeds: its config, every seed's metric lines, the aggregate ``final.json``
     (mean and 95% interval over seeds) and plots."""
-    rd = RunDir(run_dir)
-    rd.start({**C.to_dict(cfg), "seeds": n_seeds}, defaults=C.to_dict(exp.make_config()))
-    rd.truncate(0)
-    for s in range(cfg.seed, cfg.seed + n_seeds):
-        for line in (run_dir / f"seed{s}" / "metrics.jsonl").read_text().splitlines():
-            rd.log({"seed": s, **json.loads(line)})
     final = aggregate_seeds(finals)
-    write_json_atomic(rd.final, final)
-    write_plots(rd)
+    if parallel.is_primary():
+        rd = RunDir(run_dir)
+        rd.start({**C.to_dict(cfg), "seeds": n_seeds}, defaults=C.to_dict(exp.make_config()))
+        rd.truncate(0)
+        for s in range(cfg.seed, cfg.seed + n_seeds):
+            for line in (run_dir / f"seed{s}" / "metrics.jsonl").read_text().splitlines():
+                rd.log({"seed": s, **json.loads(line)})
+        write_json_atomic(rd.final, final)
+        write_plots(rd)
+    parallel.sync(f"aggregated {run_dir}")
     return final
 
 
@@ -379,6 +395,19 @@ def nonfinite(logs: dict, state) -> str | None:
     return None
 
 
+def warn(msg: str):
+    """A warning on stderr (process 0's only, in a run of several processes)."""
+    if parallel.is_primary():
+        print(msg, file=sys.stderr)
+
+
+def primary_only(progress: Callable[[str], None], quiet: bool) -> tuple[Callable[[str], None], bool]:
+    """(``progress``, ``quiet``) on process 0; no progress lines and no bars on the others."""
+    if parallel.is_primary():
+        return progress, quiet
+    return (lambda line: None), True
+
+
 def copy_tree(tree):
     """A copy of every array leaf (a state that survives the next chunk donating the original's buffers)."""
     return jax.tree.map(lambda x: x.copy() if hasattr(x, "copy") else x, tree)
@@ -398,6 +427,9 @@ def check_run(exp: Experiment, cfg: C.Config):
         raise ConfigError("--devices", f"experiment {exp.name} runs on one device (its training is not batched)")
     if cfg.devices > jax.device_count():
         raise ConfigError("--devices", f"{cfg.devices} requested but only {jax.device_count()} devices exist")
+    if cfg.devices % jax.process_count():
+        raise ConfigError("--devices", f"{cfg.devices} does not split over {jax.process_count()} processes: "
+                                       f"use a multiple of {jax.process_count()} (the devices of all processes)")
     exp.check_protocols(cfg.eval.protocols)
     if "cold_start" in cfg.eval.protocols and cfg.data.split.cold_items <= 0:
         raise ConfigError("eval.protocols", "the cold_start protocol needs items held out of training: "
@@ -407,7 +439,9 @@ def check_run(exp: Experiment, cfg: C.Config):
 def run_experiment(exp: Experiment, cfg: C.Config, run_dir: Path, n_seeds: int = 1, progress=log_line,
                    quiet: bool = True) -> dict:
     """Runs ``n_seeds`` seeds into ``run_dir`` (one seed: the directory itself; more: ``seedS/`` each plus
-    the aggregate); progress bars on stderr unless ``quiet`` (or ``$CI``)."""
+    the aggregate); progress bars on stderr unless ``quiet`` (or ``$CI``). With several processes only
+    process 0 prints progress."""
+    progress, quiet = primary_only(progress, quiet)
     bars = Bars(quiet)
     check_run(exp, cfg)
     data = load_dataset(cfg)

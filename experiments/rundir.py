@@ -1,6 +1,10 @@
 """A run directory's files (docs/design.md, section 4): ``config.json``, ``metrics.jsonl``, ``final.json``
 and the orbax ``checkpoints/``, each written so that an interrupted run can be resumed and a finished one
-is never half-written."""
+is never half-written.
+
+A run of several processes (hosts) shares one run directory: only the primary process (``writer``) writes
+the files, the others keep the count of metric lines that the checkpoints record; every process takes part
+in orbax's saves and restores (each writes its shards, process 0 the metadata and the final rename)."""
 from __future__ import annotations
 
 import json
@@ -16,11 +20,15 @@ from jaxrec.errors import InputError
 
 
 class RunDir:
-    def __init__(self, path):
+    def __init__(self, path, writer: bool = True):
+        """``writer``: this process writes the files (False: the other processes of a multi-process run,
+        which only read them and count the metric lines the writer writes)."""
         self.path = Path(path)
         self.metrics = self.path / "metrics.jsonl"
         self.final = self.path / "final.json"
         self.ckpt_dir = self.path / "checkpoints"
+        self.writer = writer
+        self._lines = 0
 
     def check(self, cfg_dict: dict, defaults: dict | None = None):
         """Refuses an existing directory that holds another config (touching nothing).
@@ -42,21 +50,29 @@ class RunDir:
     def start(self, cfg_dict: dict, defaults: dict | None = None):
         """Creates the directory or checks that an existing one holds the same config (``check``)."""
         self.check(cfg_dict, defaults)
-        if not (self.path / "config.json").exists():
+        if self.writer and not (self.path / "config.json").exists():
             self.path.mkdir(parents=True, exist_ok=True)
             write_json_atomic(self.path / "config.json", cfg_dict)
 
     def log(self, record: dict):
+        if not self.writer:
+            self._lines += 1
+            return
         with open(self.metrics, "a") as f:
             f.write(json.dumps(record) + "\n")
 
     def n_lines(self) -> int:
+        if not self.writer:
+            return self._lines
         if not self.metrics.exists():
             return 0
         with open(self.metrics) as f:
             return sum(1 for _ in f)
 
     def truncate(self, n_lines: int):
+        if not self.writer:
+            self._lines = n_lines
+            return
         if not self.metrics.exists():
             return
         lines = self.metrics.read_text().splitlines(keepends=True)[:n_lines]
@@ -116,13 +132,20 @@ def checkpoint_tree(state, best, step, wall_s, n_lines, best_val) -> dict:
 
 
 class Checkpoints:
-    """Orbax checkpoints of the loop's ``{state, best, step, ...}`` pytree (``checkpoint_tree``)."""
+    """Orbax checkpoints of the loop's ``{state, best, step, ...}`` pytree (``checkpoint_tree``).
+
+    With several processes every one of them creates the manager, saves and restores (orbax's multi-host
+    protocol: each process writes the shards it holds, process 0 creates the directories, writes the
+    metadata and the numpy leaves, and commits the step once all have written); only process 0 moves an
+    unreadable checkpoint aside."""
 
     def __init__(self, directory: Path, max_to_keep: int = 2):
+        import jax
         import orbax.checkpoint as ocp
 
         self._ocp = ocp
         self.directory = Path(directory)
+        self.primary = jax.process_index() == 0
         self.manager = ocp.CheckpointManager(directory.resolve(), options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep))
 
     def latest(self) -> int | None:
@@ -145,10 +168,15 @@ class Checkpoints:
             try:
                 return self.restore(step, target), step
             except Exception as e:  # orbax raises many types (ValueError, OSError, tensorstore errors)
+                from jaxrec.parallel import sync
+
                 aside = self.directory.parent / f"{self.directory.name}.unreadable" / str(step)
-                aside.parent.mkdir(exist_ok=True)
-                shutil.rmtree(aside, ignore_errors=True)
-                os.replace(self.directory / str(step), aside)
+                sync(f"unreadable checkpoint {step}")  # every process has tried it before it moves
+                if self.primary:
+                    aside.parent.mkdir(exist_ok=True)
+                    shutil.rmtree(aside, ignore_errors=True)
+                    os.replace(self.directory / str(step), aside)
+                sync(f"moved checkpoint {step}")
                 self.manager.reload()
                 warn(f"warning: checkpoint {step} cannot be read ({type(e).__name__}: {str(e).splitlines()[0][:160]}); "
                      f"moved to {aside}, falling back to the previous one")

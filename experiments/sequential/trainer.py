@@ -92,7 +92,9 @@ class SequentialTrainer(NextItemProtocol):
         state = parallel.replicate(self._init(key), self.mesh)
         # Compile the evaluation functions now, while little is allocated, and hand their compile-time
         # memory back before training: the process peak stays max(train, eval), not their sum.
-        self.evaluator.warm_up(lambda w: self._score(state.params, w), self.cfg.window)
+        # (On this process's replica: evaluation scores local arrays, also when the mesh spans several processes.)
+        params = parallel.local(state.params)
+        self.evaluator.warm_up(lambda w: self._score(params, w), self.cfg.window)
         release_freed_memory()
         return state
 
