@@ -154,6 +154,22 @@ class SequenceNetwork(nn.Module):
         return nn.vmap(lambda mdl, w: mdl.window_state(w, deterministic), in_axes=0,
                        variable_axes={"params": None}, split_rngs={"params": False, "dropout": True})(self, seq[idx])
 
+    def sequence_states(self, seq: jax.Array, deterministic: bool = True) -> jax.Array:
+        """[L, d] the state after every slot of one whole left-padded sequence of ``self.window`` items in
+        ONE causal pass (SASRec's training: every position predicts its next item; Kang & McAuley 2018,
+        section III): slot t's state depends on slots 0..t only, and the last slot's state is exactly
+        ``window_state(seq)`` (same positions, same encoder), which is what evaluation ranks from.
+
+        Transformer: the outputs of ``_transformer_positions`` (any depth, either norm; causal attention
+        required). GRU: the hidden state after every step (PAD steps keep the zero state)."""
+        chex.assert_shape(seq, (self.window,))
+        if self.backbone == "gru":
+            _, hs, _ = self._gru_scan(seq, deterministic)
+            return self.drop(hs, deterministic=deterministic)
+        if not self.causal:
+            raise ValueError("sequence_states needs causal attention: a bidirectional state would see its target")
+        return self._transformer_positions(seq, deterministic)[0]
+
     def logits(self, h: jax.Array) -> jax.Array:
         """Supervised next-item logits [..., I] of states [..., d]."""
         return _head(h, self.sup_w, self.sup_b)
@@ -188,9 +204,15 @@ class SequenceNetwork(nn.Module):
         hidden = self.drop(nn.relu(self.ff1[l](x)), deterministic=deterministic)
         return self.ff2[l](hidden)
 
-    def _transformer_window(self, window, deterministic):
+    def _transformer_positions(self, seq, deterministic):
+        """([L, d] output at every slot of ``seq`` (length ``self.window``), valid [L]).
+
+        Slot j gets the positional embedding of its distance from the LAST slot (``pos[L - 1 - j]``): for a
+        window that is the newest item's recency; for a whole training sequence of ``sequence_states`` it is a
+        fixed absolute position per slot (SASRec's learned absolute positions, indexed from the right end,
+        which is the same thing for left-padded sequences of one length)."""
         n = self.window
-        e, valid = self._embed(window)
+        e, valid = self._embed(seq)
         x = e + self.position_embedding[::-1]  # window slot j holds the item of recency n - 1 - j
         mask = valid[None, :]
         if self.causal:
@@ -203,7 +225,10 @@ class SequenceNetwork(nn.Module):
                 y = self.ln1[l](x)
                 x = x + self.drop(self._attend(l, y, y, mask, deterministic), deterministic=deterministic)
                 x = x + self.drop(self._feed_forward(l, self.ln2[l](x), deterministic), deterministic=deterministic)
-        x = self.final_norm(x)
+        return self.final_norm(x), valid
+
+    def _transformer_window(self, window, deterministic):
+        x, valid = self._transformer_positions(window, deterministic)
         if self.pooling == "last":
             return x[-1]
         w = valid.astype(x.dtype)
@@ -242,7 +267,8 @@ class SequenceNetwork(nn.Module):
     # ------------------------------------------------------------------------------------------------
     # GRU
 
-    def _gru(self, window, deterministic):
+    def _gru_scan(self, window, deterministic):
+        """(last hidden state [d], hidden state after every slot [L, d], valid [L]) of the GRU over ``window``."""
         e, valid = self._embed(window)
         e = self.drop(e, deterministic=deterministic)
         wi, wh, bi, bh = self.gru_wi, self.gru_wh, self.gru_bi, self.gru_bh
@@ -259,6 +285,10 @@ class SequenceNetwork(nn.Module):
             return h, h
 
         h_last, hs = jax.lax.scan(step, jnp.zeros((d,), e.dtype), (e, valid))
+        return h_last, hs, valid
+
+    def _gru(self, window, deterministic):
+        h_last, hs, valid = self._gru_scan(window, deterministic)
         if self.pooling == "last":
             out = h_last
         else:
