@@ -24,6 +24,11 @@ class PopularitySeqConfig:
     eval_targets: Literal["all", "relevant"] = "all"
     """Every held-out interaction is a next-item query, or only those reaching data.relevant_threshold."""
 
+    @property
+    def state_len(self) -> int:
+        """Items of history per query (``SQNConfig.state_len``'s counterpart)."""
+        return self.window
+
 
 def _base(exp: str, model, steps: int, eval_every: int) -> C.Config:
     """Shared settings: the seed's seeded user-level 80/10/10 split (``data.split.scheme=leave_last`` for

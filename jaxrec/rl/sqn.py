@@ -312,12 +312,12 @@ def make_losses(cfg: SQNConfig, network: SequenceNetwork):
         # The n-step maps of the last samples run past the sequence: the action-axis arrays are padded with
         # this many invalid steps (zero reward, discount and λ; masked out of every loss).
         pad = max(n, 2) - 1 if cfg.lookahead else 0
-        encoder = SequenceNetwork.sequence_states
+        encoder = "sequence_states"  # by name, so a subclass's override is the one applied
     else:
         N, C = cfg.window, cfg.chunk
         A = C + max(cfg.lookahead, 1) - 1  # actions per chunk (a chunk holds its samples' lookahead)
         pad = 0
-        encoder = SequenceNetwork.chunk_states
+        encoder = "chunk_states"
     # Static index maps over a row's actions (into the arrays padded by `ahead`).
     future = np.arange(C)[:, None] + np.arange(1, max(n, 2))[None, :]  # [C, n-1]: a_{t+j}, j = 1..n-1
     horizon = np.arange(C)[:, None] + np.arange(n)[None, :]  # [C, n]: steps t..t+n-1 of each sample
