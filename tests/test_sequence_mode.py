@@ -101,6 +101,23 @@ def test_padding_never_changes_a_state_or_a_loss():
         assert out[4][k] == pytest.approx(out[7][k], rel=1e-5, abs=1e-6), k
 
 
+def test_tied_head_ranks_with_the_input_item_embeddings():
+    """SASRec's output layer (``tied_head``): logits = h . E[item] + b over the real items (never the PAD row),
+    and the cross-entropy's gradient reaches the item table through the head."""
+    net = SequenceNetwork(n_items=5, window=3, dim=4, ff_dim=4, tied_head=True)
+    params = net.init(jax.random.key(0), jnp.full((3,), 5))
+    assert "sup_w" not in params["params"]
+    params["params"]["sup_b"] = jnp.arange(5.0) / 10
+    emb = np.asarray(params["params"]["item_embedding"])
+    h = jnp.asarray(np.random.default_rng(0).normal(size=(2, 4)), jnp.float32)
+    np.testing.assert_allclose(net.apply(params, h, method=SequenceNetwork.logits), h @ emb[:5].T + np.arange(5) / 10,
+                               rtol=1e-5, atol=1e-6)
+    grad = jax.grad(lambda p: net.apply(p, h, method=SequenceNetwork.logits)[:, 2].sum())(params)
+    g = np.asarray(grad["params"]["item_embedding"])
+    np.testing.assert_allclose(g[2], np.asarray(h).sum(0), rtol=1e-6)  # d(sum_b h_b . E_2)/dE_2 = sum_b h_b
+    assert not g[[0, 1, 3, 4, 5]].any()
+
+
 # ------------------------------------------------------------------------------------------------------
 # The losses by hand
 

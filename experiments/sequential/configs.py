@@ -82,13 +82,14 @@ def popularity_seq_config() -> C.Config:
 # The "plus" family: whole-sequence training at the field's standard protocol (leave-last, full ranking).
 
 SASREC_PLUS = SQNConfig(mode="sequence", max_len=200, layers=2, heads=1, dim=64, ff_dim=64, dropout=0.1,
-                        norm="pre", lr=1e-3, batch_size=128, micro_batches=4, sup_weight=1.0, q_weight=0.0,
+                        norm="pre", tied_head=True, lr=1e-3, batch_size=128, micro_batches=4, sup_weight=1.0, q_weight=0.0,
                         ssl="none", negatives=0)
 """SASRec+ (Klenitskiy & Vasilev, RecSys 2023; their repository antklen/sasrec-bert4rec-recsys23, configs/SASRec.yaml
 and run_final.sh for ML-1M): full softmax cross-entropy over all items at every position, the last 200 items
 per user (max_length 200), 2 blocks, 1 head, hidden 64, dropout 0.1, Adam lr 1e-3, 128 users per batch.
-Feed-forward width 64 and pre-norm blocks with a final LayerNorm are SASRec's (Kang & McAuley 2018, whose
-point-wise feed-forward keeps the hidden size). ``micro_batches=4`` keeps the [32 x 199 x 3,706] logits
+Feed-forward width 64, pre-norm blocks with a final LayerNorm and the output layer tied to the item embeddings
+are SASRec's (Kang & McAuley 2018, whose point-wise feed-forward keeps the hidden size; K's code ties the
+output to the item table, docs/differences.md#seqplus-head). ``micro_batches=4`` keeps the [32 x 199 x 3,706] logits
 of a slice (94 MB) instead of the whole batch's within the 2 GB budget; it is the same update."""
 
 

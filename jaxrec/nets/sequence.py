@@ -18,6 +18,11 @@ Transformer (Vaswani et al. 2017; SASRec, Kang & McAuley 2018), as the seed's ``
   valid key attends to nothing, instead of producing NaN);
 * pooling: the last position (the newest item) or the masked mean over the window's items.
 
+Whole sequences (``sequence_states``, the sequence mode of ``jaxrec.rl.sqn``): one causal pass over a
+left-padded row of ``window`` (= ``max_len``) items gives the state after every slot, for any depth and
+either norm; positions count from the row's right end, so the last slot's state is ``window_state`` of
+the same items, the state evaluation ranks from.
+
 GRU (Cho et al. 2014; GRU4Rec, Hidasi et al. 2016): a GRU over the window's items, PAD steps leave the
 hidden state unchanged; pooling = last hidden state or masked mean of the hidden states.
 
@@ -82,6 +87,9 @@ class SequenceNetwork(nn.Module):
     norm: Literal["post", "pre"] = "post"
     q_heads: int = 1
     """Q heads over the shared state (2: double Q-learning with two heads, ``jaxrec.rl.sqn``)."""
+    tied_head: bool = False
+    """Supervised logits = state . input item embedding + bias (SASRec's output layer, which reuses the item
+    table) instead of a separate output matrix."""
 
     def setup(self):
         d = self.dim
@@ -113,7 +121,8 @@ class SequenceNetwork(nn.Module):
         else:
             raise ValueError(f"unknown backbone {self.backbone!r}")
         self.drop = nn.Dropout(self.dropout)
-        self.sup_w = self.param("sup_w", nn.initializers.lecun_normal(), (d, self.n_items))
+        if not self.tied_head:
+            self.sup_w = self.param("sup_w", nn.initializers.lecun_normal(), (d, self.n_items))
         self.sup_b = self.param("sup_b", nn.initializers.zeros, (self.n_items,))
         self.q_w = [self.param("q_w" if k == 0 else f"q{k}_w", nn.initializers.lecun_normal(), (d, self.n_items))
                     for k in range(self.q_heads)]
@@ -172,7 +181,8 @@ class SequenceNetwork(nn.Module):
 
     def logits(self, h: jax.Array) -> jax.Array:
         """Supervised next-item logits [..., I] of states [..., d]."""
-        return _head(h, self.sup_w, self.sup_b)
+        w = self.item_embedding[:self.n_items].T if self.tied_head else self.sup_w  # the PAD row ranks nothing
+        return _head(h, w, self.sup_b)
 
     def q_values(self, h: jax.Array, head: int = 0) -> jax.Array:
         """Q-values [..., I] of Q head ``head`` for states [..., d] and every item."""

@@ -32,10 +32,18 @@ Losses of one training sample (state ``s_t``, action ``a_t``; weights from ``SQN
   change when a recommendation is ignored; ``neg_next="next"`` uses ``s_{t+1}``); the seed sampled them
   but never used them (m3s-negatives).
 
-A training batch is ``batch_size`` samples drawn as ``batch_size / chunk`` chunks of ``chunk``
-consecutive transitions of one user (``jaxrec.data.sequences``); each chunk's item sequence is encoded
-once per network and every state the losses need (its samples' states and the n states after each) is
-read off that encoding.
+Window mode (``mode="window"``, the seed's): a training batch is ``batch_size`` samples drawn as
+``batch_size / chunk`` chunks of ``chunk`` consecutive transitions of one user
+(``jaxrec.data.sequences.sequence_chunks``); each chunk's item sequence is encoded once per network and every
+state the losses need (its samples' states and the n states after each) is read off that encoding.
+
+Sequence mode (``mode="sequence"``, SASRec's training, Kang & McAuley 2018; SASRec+ of Klenitskiy & Vasilev
+2023): a batch is ``batch_size`` user rows of ``max_len`` items (``user_sequences``), each encoded once by the
+causal backbone (``SequenceNetwork.sequence_states``); state t (after slot t) has the item of slot t + 1 as its
+action, so every position is a sample and every term above applies at every position: the supervised CE is
+SASRec's full-softmax next-item loss, the λ-returns run over the next n positions of the row (the index maps
+past the row's end read padded, invalid steps), and negatives are drawn per position. The same code computes
+both modes; they differ in the encoder and in which columns are actions.
 """
 from __future__ import annotations
 
@@ -79,6 +87,9 @@ class SQNConfig:
     """Embedding and hidden size d (the seed's 64)."""
     heads: int = 1
     """Attention heads (the seed's 1)."""
+    tied_head: bool = False
+    """Supervised logits from the input item embeddings (SASRec's tied output layer) plus a bias, instead of a
+    separate output matrix (the seed's)."""
     layers: int = 1
     """Encoder layers (the seed's 1); only one post-norm causal layer pooled at the last position
     shares encodings across shifted windows, other settings encode each window separately."""
@@ -230,7 +241,8 @@ class SQNConfig:
     def network(self, n_items: int) -> SequenceNetwork:
         return SequenceNetwork(n_items=n_items, window=self.state_len, backbone=self.backbone, dim=self.dim,
                                heads=self.heads, layers=self.layers, ff_dim=self.ff_dim, dropout=self.dropout,
-                               causal=self.causal, pooling=self.pooling, norm=self.norm, q_heads=self.q_heads)
+                               causal=self.causal, pooling=self.pooling, norm=self.norm, q_heads=self.q_heads,
+                               tied_head=self.tied_head)
 
 
 @struct.dataclass
