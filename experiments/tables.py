@@ -132,6 +132,12 @@ TABLES = (
     Table("ml1m-sequential", tuple(Row(exp, f"final/{exp}", exp)
                                    for exp in ("popularity_seq", "gru4rec", "sasrec", "sqn", "m3s_tdlambda")),
           "hr@5,ndcg@5,hr@10,ndcg@10,hr@20,ndcg@20,hr@40,ndcg@40", protocol="next_item"),
+    # The field's standard protocol (issue #12): leave-last split (the plus family's default), full ranking.
+    Table("ml1m-standard", (Row("popularity_seq", "standard/popularity_seq", "popularity_seq",
+                                sets=("data.split.scheme=leave_last",)),
+                            *(Row(exp, f"standard/{exp}", exp)
+                              for exp in ("sasrec_plus", "gru4rec_plus", "sqn_plus", "m3s_plus"))),
+          "hr@10,ndcg@10,hr@20,ndcg@20", protocol="next_item"),
     Table("ml1m-ddpg-actions", (DRR_ROWS[2], UNIT), "drr:precision@10,drr:ndcg@10,full:hr@10,full:ndcg@10"),
     Table("ml1m-sequential-tuning", _tuning(), "ndcg@10,hr@10", protocol="next_item", part="val"),
     Table("ml1m-ablations", _ablations(), "hr@10,ndcg@10,hr@20,ndcg@20", protocol="next_item"),

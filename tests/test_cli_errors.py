@@ -43,6 +43,7 @@ DDPG, SQN, SQN_MEM = "benchmarks/ddpg_throughput.py", "benchmarks/sqn_throughput
 PREP_SPEED, FEAT_BENCH = "benchmarks/prepare_speed.py", "benchmarks/feature_extraction.py"
 MM, TO_README = "benchmarks/multimodal_overhead.py", "benchmarks/to_readme.py"
 SWEEP, SCALING = "benchmarks/seed_sweep.py", "benchmarks/scaling.py"
+SEQ_MEM = "benchmarks/seq_plus_memory.py"
 REPORT, ABLATE, RECOMMEND, RUN = "experiments/report.py", "experiments/ablate.py", "experiments/recommend.py", "experiments/run.py"
 PREPARE, EXTRACT = "data_prep/prepare.py", "data_prep/extract_features.py"
 
@@ -75,6 +76,10 @@ CORPUS = [
     case("sqn-memory-no-meta", SQN_MEM, ["--data", "{nometa}"], "{nometa}/meta.json: missing", sub=True),
     case("sqn-memory-steps-0", SQN_MEM, ["--data", "{data}", "--steps", "0"], "--steps: 0, expected a positive"),
     case("sqn-memory-meta-no-n-users", SQN_MEM, ["--data", "{metakeys}"], "{metakeys}/meta.json: 'n_users' missing"),
+    # benchmarks/seq_plus_memory.py (standard-library parent, as sqn_memory)
+    case("seq-memory-no-meta", SEQ_MEM, ["--data", "{nometa}"], "{nometa}/meta.json: missing", sub=True),
+    case("seq-memory-steps-0", SEQ_MEM, ["--data", "{data}", "--steps", "0"], "--steps: 0, expected a positive"),
+    case("seq-memory-unknown-exp", SEQ_MEM, ["--data", "{data}", "--exps", "sasrec_plus,sasrec"], "--exps: sasrec: expected"),
     # benchmarks/prepare_speed.py
     case("prepare-speed-rows-0", PREP_SPEED, ["--rows", "0"], "--rows: 0, expected a positive"),
     case("prepare-speed-workdir-file", PREP_SPEED, ["--quick", "--workdir", "{a_file}"], "--workdir: {a_file} exists and is not a directory", sub=True),
@@ -122,6 +127,8 @@ CORPUS = [
          "--set bogus: unknown key"),
     case("run-seeds-0", RUN, ["--exp=popularity", "--data", "{data}", "--run-dir", "{new_out}", "--seeds", "0"], "--seeds: must be >= 1", sub=True),
     case("run-unknown-exp", RUN, ["--exp=nope"], "--exp: unknown experiment 'nope'"),
+    case("run-sequence-mode-bidirectional", RUN, ["--exp=sasrec_plus", "--data", "{data}", "--run-dir", "{new_out}", "--set",
+                                                  "model.causal=false"], "model.causal: sequence mode"),
     case("run-no-data", RUN, ["--exp=popularity", "--data", "{nodata}", "--run-dir", "{new_out}"], "{nodata}: no such data directory"),
     case("run-seeds-not-int", RUN, ["--exp=popularity", "--seeds", "two"], "--seeds: invalid int value: 'two'"),
     case("run-garbage-npz", RUN, ["--exp=popularity", "--data", "{garbage}", "--run-dir", "{new_out}"], "{garbage}/interactions.npz: not a readable"),
@@ -253,7 +260,7 @@ def test_bad_input_gives_one_error_line_and_status_2(c: Case, world, capsys, mon
 
 
 def test_corpus_covers_every_entry_point():
-    scripts = {DDPG, SQN, SQN_MEM, SWEEP, SCALING, PREP_SPEED, FEAT_BENCH, MM, TO_README, REPORT, ABLATE, RECOMMEND, RUN, PREPARE, EXTRACT}
+    scripts = {DDPG, SQN, SQN_MEM, SEQ_MEM, SWEEP, SCALING, PREP_SPEED, FEAT_BENCH, MM, TO_README, REPORT, ABLATE, RECOMMEND, RUN, PREPARE, EXTRACT}
     bench = {f"benchmarks/{p.name}" for p in (REPO / "benchmarks").glob("*.py") if p.name not in ("__init__.py", "common.py")}
     assert bench <= scripts, bench - scripts
     live = [c for c in CORPUS if not c.xfail]
@@ -266,8 +273,10 @@ def test_corpus_covers_every_entry_point():
 def test_small_benchmark_parents_import_no_numpy():
     """prepare_speed, sqn_memory and feature_extraction measure their children's peak RSS, which counts the
     parent's memory at spawn time: their parents (input checks included) stay standard-library only."""
-    code = ("import sys, benchmarks.prepare_speed, benchmarks.sqn_memory, benchmarks.feature_extraction as f; "
+    code = ("import sys, benchmarks.prepare_speed, benchmarks.sqn_memory, benchmarks.seq_plus_memory, "
+            "benchmarks.feature_extraction as f; "
             "assert benchmarks.sqn_memory.main(['--data', 'no/such/dir']) == 2; assert f.main(['--items', '0']) == 2; "
+            "assert benchmarks.seq_plus_memory.main(['--data', 'no/such/dir']) == 2; "
             "print(sorted(m for m in ('numpy', 'pandas', 'jax', 'torch', 'data_prep.common', 'jaxrec.data.interactions') if m in sys.modules))")
     res = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert res.returncode == 0 and res.stdout.strip() == "[]", res.stdout + res.stderr

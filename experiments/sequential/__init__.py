@@ -1,5 +1,6 @@
 """Sequential recommenders on one harness and one split: ``m3s_tdlambda``, ``sqn``, ``sasrec``,
-``gru4rec`` and ``popularity_seq`` (their registry entries; trainers in ``trainer``, configs in
+``gru4rec`` and ``popularity_seq``; and the whole-sequence ("plus") family ``sasrec_plus``, ``gru4rec_plus``,
+``sqn_plus`` and ``m3s_plus`` (``SQNConfig.mode="sequence"``) at the field's standard leave-last protocol (their registry entries; trainers in ``trainer``, configs in
 ``configs``).
 
 All five are trained on the training part only (``train_view``) and scored by the same next-item
@@ -20,8 +21,9 @@ makes ``next_item`` itself (and so model selection) score one group only.
 """
 from __future__ import annotations
 
-from experiments.sequential.configs import (QUICK, gru4rec_config, m3s_config, popularity_seq_config, sasrec_config,
-                                            sqn_config)
+from experiments.sequential.configs import (QUICK, QUICK_PLUS, gru4rec_config, gru4rec_plus_config, m3s_config,
+                                            m3s_plus_config, popularity_seq_config, sasrec_config, sasrec_plus_config,
+                                            sqn_config, sqn_plus_config)
 from experiments.sequential.trainer import PopularitySeqTrainer, SequentialTrainer
 from experiments.trainer import Experiment
 
@@ -37,6 +39,16 @@ EXPERIMENTS = [
                sasrec_config, SequentialTrainer, quick=QUICK, protocols=PROTOCOLS, data_parallel=True),
     Experiment("gru4rec", "GRU over the last items, supervised cross-entropy only; next_item protocol",
                gru4rec_config, SequentialTrainer, quick=QUICK, protocols=PROTOCOLS, data_parallel=True),
+    Experiment("sasrec_plus", "SASRec+ (Klenitskiy & Vasilev 2023): whole-sequence training of a 2-block causal "
+               "transformer on each user's last 200 items, full cross-entropy at every position; leave-last split",
+               sasrec_plus_config, SequentialTrainer, quick=QUICK_PLUS, protocols=PROTOCOLS, data_parallel=True),
+    Experiment("gru4rec_plus", "GRU on the same whole sequences, full cross-entropy at every position; leave-last split",
+               gru4rec_plus_config, SequentialTrainer, quick=QUICK_PLUS, protocols=PROTOCOLS, data_parallel=True),
+    Experiment("sqn_plus", "SQN's one-step double Q-learning at every position of the SASRec+ backbone; leave-last split",
+               sqn_plus_config, SequentialTrainer, quick=QUICK_PLUS, protocols=PROTOCOLS, data_parallel=True),
+    Experiment("m3s_plus", "M3S (lambda-returns over n steps along the sequence, multi-step self-supervision, "
+               "negatives, double Q) on the SASRec+ backbone; leave-last split",
+               m3s_plus_config, SequentialTrainer, quick=QUICK_PLUS, protocols=PROTOCOLS, data_parallel=True),
     Experiment("popularity_seq", "most-popular training items under the sequential next-item protocol "
                "(the floor of the rows above)", popularity_seq_config, PopularitySeqTrainer,
                quick=("eval.batch_users=256",), protocols=PROTOCOLS),

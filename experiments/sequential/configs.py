@@ -24,6 +24,11 @@ class PopularitySeqConfig:
     eval_targets: Literal["all", "relevant"] = "all"
     """Every held-out interaction is a next-item query, or only those reaching data.relevant_threshold."""
 
+    @property
+    def state_len(self) -> int:
+        """Items of history per query (``SQNConfig.state_len``'s counterpart)."""
+        return self.window
+
 
 def _base(exp: str, model, steps: int, eval_every: int) -> C.Config:
     """Shared settings: the seed's seeded user-level 80/10/10 split (``data.split.scheme=leave_last`` for
@@ -71,6 +76,64 @@ def gru4rec_config() -> C.Config:
 def popularity_seq_config() -> C.Config:
     return dataclasses.replace(_base("popularity_seq", PopularitySeqConfig(), steps=0, eval_every=1),
                                train=C.TrainConfig(steps=0))
+
+
+# ----------------------------------------------------------------------------------------------------
+# The "plus" family: whole-sequence training at the field's standard protocol (leave-last, full ranking).
+
+SASREC_PLUS = SQNConfig(mode="sequence", max_len=200, layers=2, heads=1, dim=64, ff_dim=64, dropout=0.1,
+                        norm="pre", tied_head=True, lr=1e-3, batch_size=128, micro_batches=4, sup_weight=1.0, q_weight=0.0,
+                        ssl="none", negatives=0)
+"""SASRec+ (Klenitskiy & Vasilev, RecSys 2023; their repository antklen/sasrec-bert4rec-recsys23, configs/SASRec.yaml
+and run_final.sh for ML-1M): full softmax cross-entropy over all items at every position, the last 200 items
+per user (max_length 200), 2 blocks, 1 head, hidden 64, dropout 0.1, Adam lr 1e-3, 128 users per batch.
+Feed-forward width 64, pre-norm blocks with a final LayerNorm and the output layer tied to the item embeddings
+are SASRec's (Kang & McAuley 2018, whose point-wise feed-forward keeps the hidden size; K's code ties the
+output to the item table, docs/differences.md#seqplus-head). ``micro_batches=4`` keeps the [32 x 199 x 3,706] logits
+of a slice (94 MB) instead of the whole batch's within the 2 GB budget; it is the same update."""
+
+
+def _plus_base(exp: str, model: SQNConfig, steps: int, eval_every: int) -> C.Config:
+    """The standard protocol: per-user leave-last-out (each user's last item is the test target, the one before
+    it validation; ``data.split.scheme=leave_last``, n_val = n_test = 1), full ranking over every item with the
+    user's seen items excluded, cut-offs 5/10/20/40, selection on validation NDCG@10. A step is one batch of
+    user sequences (6,040 ML-1M users: 47 steps per pass at 128)."""
+    return C.Config(
+        exp=exp, model=model, data=C.DataConfig(split=C.SplitConfig(scheme="leave_last", n_val=1, n_test=1)),
+        train=C.TrainConfig(steps=steps, eval_every=eval_every, ckpt_every=eval_every, log_every=50),
+        eval=C.EvalConfig(protocols=("next_item",), ks=(5, 10, 20, 40), select="ndcg@10", batch_users=256),
+    )
+
+
+def sasrec_plus_config() -> C.Config:
+    """SASRec+ (see ``SASREC_PLUS``); 4,700 steps = the paper's budget of at most 100 passes over the users."""
+    return _plus_base("sasrec_plus", SASREC_PLUS, steps=4700, eval_every=235)
+
+
+def gru4rec_plus_config() -> C.Config:
+    """A GRU over the same whole sequences with the same full cross-entropy (the paper's RNN config: one GRU
+    layer, input and hidden 64, dropout 0.1, lr 1e-3, batch 128, max_length 200); untuned."""
+    return _plus_base("gru4rec_plus", dataclasses.replace(SASREC_PLUS, backbone="gru"), steps=4700, eval_every=235)
+
+
+def sqn_plus_config() -> C.Config:
+    """SQN's one-step double Q-learning on the SASRec+ backbone: Q heads at every position, the repository's SQN
+    weights (0.8 CE + 0.2 TD, γ 0.5, two Q heads, Polyak 0.01); micro_batches 8 for the two Q heads' buffers."""
+    model = dataclasses.replace(SASREC_PLUS, sup_weight=0.8, q_weight=0.2, n_steps=1, micro_batches=8)
+    return _plus_base("sqn_plus", model, steps=4700, eval_every=235)
+
+
+def m3s_plus_config() -> C.Config:
+    """M3S on the SASRec+ backbone: λ-returns over n = 6 steps along the sequence (λ 0.8, γ 0.5), the multi-step
+    self-supervision (future states), 10 negatives per position, double Q with two heads; m3s_tdlambda's weights."""
+    model = dataclasses.replace(SASREC_PLUS, sup_weight=0.8, q_weight=0.2, n_steps=6, lam=0.8, ssl="future_states",
+                                ssl_weight=0.2, negatives=10, micro_batches=8)
+    return _plus_base("m3s_plus", model, steps=4700, eval_every=235)
+
+
+QUICK_PLUS = ("train.steps=12", "train.eval_every=6", "train.ckpt_every=6", "train.log_every=3", "model.dim=16",
+              "model.ff_dim=16", "model.max_len=20", "model.batch_size=16", "model.micro_batches=2",
+              "eval.batch_users=256")
 
 
 QUICK = ("train.steps=12", "train.eval_every=6", "train.ckpt_every=6", "train.log_every=3", "model.dim=16",

@@ -16,7 +16,7 @@ from experiments.trainer import Evaluator, StandardEvaluation
 from jaxrec import config as C
 from jaxrec import parallel
 from jaxrec import seeds as seeds_lib
-from jaxrec.data.sequences import sequence_chunks
+from jaxrec.data.sequences import sequence_chunks, user_sequences
 from jaxrec.data.splits import EvalView, guard_model_input, guard_training_input, train_view
 from jaxrec.errors import ConfigError
 from jaxrec.eval.next_item import NextItemEval, NextItemEvaluator, last_windows
@@ -27,7 +27,7 @@ def next_item_evaluator(cfg: C.Config, data) -> NextItemEvaluator:
     """The next-item evaluator of a run, with the protocol options of its ``model`` config."""
     m = cfg.model
     return NextItemEvaluator(data.inter, data.relevant_threshold, tuple(cfg.eval.ks), cfg.eval.batch_users,
-                             NextItemEval(m.window, m.exclude_seen, m.purchase_events, m.eval_events, m.eval_targets))
+                             NextItemEval(m.state_len, m.exclude_seen, m.purchase_events, m.eval_events, m.eval_targets))
 
 
 class NextItemProtocol(StandardEvaluation, abc.ABC):
@@ -66,11 +66,14 @@ class SequentialTrainer(NextItemProtocol):
         m: SQNConfig = cfg.model.for_split(data.split.heldout_users)
         self.mesh = parallel.make_mesh(cfg.devices)
         # One global batch of batch_size / chunk chunks (per micro-batch) split over the devices.
-        parallel.check_divisible("model.batch_size", m.batch_size // m.chunk // m.micro_batches, self.mesh)
+        parallel.check_divisible("model.batch_size", m.batch_rows // m.micro_batches, self.mesh)
         self.cfg, self.inter = m, data.inter
         # Training windows come only from the training rows (checked on what reaches the windows).
         train = guard_training_input(data.split, train_view(data.inter, data.split), "sequence windows")
-        chunks = sequence_chunks(train, m.window, m.lookahead, m.chunk, m.min_history)
+        if m.mode == "sequence":  # one row per user: the last max_len items, every position a sample
+            chunks = user_sequences(train, m.max_len, m.min_history)
+        else:
+            chunks = sequence_chunks(train, m.window, m.lookahead, m.chunk, m.min_history)
         self.n_train_samples = chunks.n_samples
         if self.n_train_samples == 0:
             raise ConfigError("data", "the training part has no transition (every user needs more than "
@@ -94,7 +97,7 @@ class SequentialTrainer(NextItemProtocol):
         # memory back before training: the process peak stays max(train, eval), not their sum.
         # (On this process's replica: evaluation scores local arrays, also when the mesh spans several processes.)
         params = parallel.local(state.params)
-        self.evaluator.warm_up(lambda w: self._score(params, w), self.cfg.window)
+        self.evaluator.warm_up(lambda w: self._score(params, w), self.cfg.state_len)
         release_freed_memory()
         return state
 
@@ -129,7 +132,7 @@ class SequentialTrainer(NextItemProtocol):
     def score_fn(self, state, view: EvalView):
         """Next-item scores from each user's last visible items (the built-in per-user protocols)."""
         windows = last_windows(self.inter, guard_model_input(view, view.context, "state windows"), view.users,
-                               self.cfg.window)
+                               self.cfg.state_len)
 
         def score(users, context):
             pos = np.searchsorted(view.users, np.asarray(users))

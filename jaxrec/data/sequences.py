@@ -154,6 +154,64 @@ def sequence_chunks(inter: Interactions, window: int = 10, n_steps: int = 6, chu
 
 
 @dataclasses.dataclass(frozen=True)
+class UserSequences:
+    """Whole-sequence training rows (SASRec's training; ``SQNConfig.mode="sequence"``), one per user.
+
+    Row u holds the user's last ``L = max_len`` training items, left-padded with PAD: slot j is history
+    position ``len_u - L + j``. State t is the encoding of slots 0..t; its action is the item in slot
+    t + 1 (t = 0..L-2), with that row's reward, so the action-axis arrays have ``L - 1`` columns and the
+    same meaning as ``SequenceChunks``' (``valid``: the action exists; ``terminal``: it is the user's last
+    logged one; ``sample``: it is a training sample, i.e. its history position is >= ``min_history``).
+    """
+
+    items: np.ndarray
+    """int32 [U, L] item ids, PAD = n_items left of the user's (kept) history."""
+    reward: np.ndarray
+    """float32 [U, L - 1] reward of the action of state t (0 where no action exists)."""
+    valid: np.ndarray
+    """bool [U, L - 1] the action of state t exists."""
+    terminal: np.ndarray
+    """bool [U, L - 1] the action of state t is the user's last logged one."""
+    sample: np.ndarray
+    """bool [U, L - 1] state t is a training sample."""
+    user: np.ndarray
+    """int32 [U] the row's user."""
+    n_items: int
+
+    @property
+    def n_samples(self) -> int:
+        return int(self.sample.sum())
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """The arrays a trainer moves to the device (the same keys as ``SequenceChunks.arrays``)."""
+        return {"items": self.items, "reward": self.reward, "valid": self.valid, "terminal": self.terminal,
+                "sample": self.sample}
+
+
+def user_sequences(inter: Interactions, max_len: int = 200, min_history: int = 1) -> UserSequences:
+    """Each user's last ``max_len`` items of ``inter`` (the training interactions, ``train_view``) as one
+    left-padded row; users without a sample (fewer than ``min_history + 1`` items) get no row. Earlier items
+    of longer histories are dropped, as SASRec's training does."""
+    if max_len < 2 or min_history < 1:
+        raise ValueError("need max_len >= 2 and min_history >= 1")
+    counts = inter.user_counts.astype(np.int64)
+    user = np.flatnonzero(counts > min_history)
+    length = counts[user]
+    pos = length[:, None] - max_len + np.arange(max_len)[None, :]  # history position of every slot
+    inside = pos >= 0
+    rows = np.where(inside, inter.user_start[user][:, None] + pos, 0)
+    items = np.where(inside, inter.item[rows], inter.n_items).astype(np.int32)
+    act_pos, act_rows, valid = pos[:, 1:], rows[:, 1:], inside[:, 1:]
+    reward = np.where(valid, inter.rating[act_rows], 0.0).astype(np.float32)
+    return UserSequences(items=items, reward=reward, valid=valid, terminal=act_pos == length[:, None] - 1,
+                         sample=valid & (act_pos >= min_history), user=user.astype(np.int32),
+                         n_items=inter.n_items)
+
+
+@dataclasses.dataclass(frozen=True)
 class NextItemQueries:
     """Next-item evaluation queries of one part, plus what is needed to mask already-seen items."""
 

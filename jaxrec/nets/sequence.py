@@ -18,6 +18,11 @@ Transformer (Vaswani et al. 2017; SASRec, Kang & McAuley 2018), as the seed's ``
   valid key attends to nothing, instead of producing NaN);
 * pooling: the last position (the newest item) or the masked mean over the window's items.
 
+Whole sequences (``sequence_states``, the sequence mode of ``jaxrec.rl.sqn``): one causal pass over a
+left-padded row of ``window`` (= ``max_len``) items gives the state after every slot, for any depth and
+either norm; positions count from the row's right end, so the last slot's state is ``window_state`` of
+the same items, the state evaluation ranks from.
+
 GRU (Cho et al. 2014; GRU4Rec, Hidasi et al. 2016): a GRU over the window's items, PAD steps leave the
 hidden state unchanged; pooling = last hidden state or masked mean of the hidden states.
 
@@ -82,6 +87,9 @@ class SequenceNetwork(nn.Module):
     norm: Literal["post", "pre"] = "post"
     q_heads: int = 1
     """Q heads over the shared state (2: double Q-learning with two heads, ``jaxrec.rl.sqn``)."""
+    tied_head: bool = False
+    """Supervised logits = state . input item embedding + bias (SASRec's output layer, which reuses the item
+    table) instead of a separate output matrix."""
 
     def setup(self):
         d = self.dim
@@ -113,7 +121,8 @@ class SequenceNetwork(nn.Module):
         else:
             raise ValueError(f"unknown backbone {self.backbone!r}")
         self.drop = nn.Dropout(self.dropout)
-        self.sup_w = self.param("sup_w", nn.initializers.lecun_normal(), (d, self.n_items))
+        if not self.tied_head:
+            self.sup_w = self.param("sup_w", nn.initializers.lecun_normal(), (d, self.n_items))
         self.sup_b = self.param("sup_b", nn.initializers.zeros, (self.n_items,))
         self.q_w = [self.param("q_w" if k == 0 else f"q{k}_w", nn.initializers.lecun_normal(), (d, self.n_items))
                     for k in range(self.q_heads)]
@@ -154,9 +163,26 @@ class SequenceNetwork(nn.Module):
         return nn.vmap(lambda mdl, w: mdl.window_state(w, deterministic), in_axes=0,
                        variable_axes={"params": None}, split_rngs={"params": False, "dropout": True})(self, seq[idx])
 
+    def sequence_states(self, seq: jax.Array, deterministic: bool = True) -> jax.Array:
+        """[L, d] the state after every slot of one whole left-padded sequence of ``self.window`` items in
+        ONE causal pass (SASRec's training: every position predicts its next item; Kang & McAuley 2018,
+        section III): slot t's state depends on slots 0..t only, and the last slot's state is exactly
+        ``window_state(seq)`` (same positions, same encoder), which is what evaluation ranks from.
+
+        Transformer: the outputs of ``_transformer_positions`` (any depth, either norm; causal attention
+        required). GRU: the hidden state after every step (PAD steps keep the zero state)."""
+        chex.assert_shape(seq, (self.window,))
+        if self.backbone == "gru":
+            _, hs, _ = self._gru_scan(seq, deterministic)
+            return self.drop(hs, deterministic=deterministic)
+        if not self.causal:
+            raise ValueError("sequence_states needs causal attention: a bidirectional state would see its target")
+        return self._transformer_positions(seq, deterministic)[0]
+
     def logits(self, h: jax.Array) -> jax.Array:
         """Supervised next-item logits [..., I] of states [..., d]."""
-        return _head(h, self.sup_w, self.sup_b)
+        w = self.item_embedding[:self.n_items].T if self.tied_head else self.sup_w  # the PAD row ranks nothing
+        return _head(h, w, self.sup_b)
 
     def q_values(self, h: jax.Array, head: int = 0) -> jax.Array:
         """Q-values [..., I] of Q head ``head`` for states [..., d] and every item."""
@@ -188,9 +214,15 @@ class SequenceNetwork(nn.Module):
         hidden = self.drop(nn.relu(self.ff1[l](x)), deterministic=deterministic)
         return self.ff2[l](hidden)
 
-    def _transformer_window(self, window, deterministic):
+    def _transformer_positions(self, seq, deterministic):
+        """([L, d] output at every slot of ``seq`` (length ``self.window``), valid [L]).
+
+        Slot j gets the positional embedding of its distance from the LAST slot (``pos[L - 1 - j]``): for a
+        window that is the newest item's recency; for a whole training sequence of ``sequence_states`` it is a
+        fixed absolute position per slot (SASRec's learned absolute positions, indexed from the right end,
+        which is the same thing for left-padded sequences of one length)."""
         n = self.window
-        e, valid = self._embed(window)
+        e, valid = self._embed(seq)
         x = e + self.position_embedding[::-1]  # window slot j holds the item of recency n - 1 - j
         mask = valid[None, :]
         if self.causal:
@@ -203,7 +235,10 @@ class SequenceNetwork(nn.Module):
                 y = self.ln1[l](x)
                 x = x + self.drop(self._attend(l, y, y, mask, deterministic), deterministic=deterministic)
                 x = x + self.drop(self._feed_forward(l, self.ln2[l](x), deterministic), deterministic=deterministic)
-        x = self.final_norm(x)
+        return self.final_norm(x), valid
+
+    def _transformer_window(self, window, deterministic):
+        x, valid = self._transformer_positions(window, deterministic)
         if self.pooling == "last":
             return x[-1]
         w = valid.astype(x.dtype)
@@ -242,7 +277,8 @@ class SequenceNetwork(nn.Module):
     # ------------------------------------------------------------------------------------------------
     # GRU
 
-    def _gru(self, window, deterministic):
+    def _gru_scan(self, window, deterministic):
+        """(last hidden state [d], hidden state after every slot [L, d], valid [L]) of the GRU over ``window``."""
         e, valid = self._embed(window)
         e = self.drop(e, deterministic=deterministic)
         wi, wh, bi, bh = self.gru_wi, self.gru_wh, self.gru_bi, self.gru_bh
@@ -259,6 +295,10 @@ class SequenceNetwork(nn.Module):
             return h, h
 
         h_last, hs = jax.lax.scan(step, jnp.zeros((d,), e.dtype), (e, valid))
+        return h_last, hs, valid
+
+    def _gru(self, window, deterministic):
+        h_last, hs, valid = self._gru_scan(window, deterministic)
         if self.pooling == "last":
             out = h_last
         else:

@@ -32,10 +32,18 @@ Losses of one training sample (state ``s_t``, action ``a_t``; weights from ``SQN
   change when a recommendation is ignored; ``neg_next="next"`` uses ``s_{t+1}``); the seed sampled them
   but never used them (m3s-negatives).
 
-A training batch is ``batch_size`` samples drawn as ``batch_size / chunk`` chunks of ``chunk``
-consecutive transitions of one user (``jaxrec.data.sequences``); each chunk's item sequence is encoded
-once per network and every state the losses need (its samples' states and the n states after each) is
-read off that encoding.
+Window mode (``mode="window"``, the seed's): a training batch is ``batch_size`` samples drawn as
+``batch_size / chunk`` chunks of ``chunk`` consecutive transitions of one user
+(``jaxrec.data.sequences.sequence_chunks``); each chunk's item sequence is encoded once per network and every
+state the losses need (its samples' states and the n states after each) is read off that encoding.
+
+Sequence mode (``mode="sequence"``, SASRec's training, Kang & McAuley 2018; SASRec+ of Klenitskiy & Vasilev
+2023): a batch is ``batch_size`` user rows of ``max_len`` items (``user_sequences``), each encoded once by the
+causal backbone (``SequenceNetwork.sequence_states``); state t (after slot t) has the item of slot t + 1 as its
+action, so every position is a sample and every term above applies at every position: the supervised CE is
+SASRec's full-softmax next-item loss, the λ-returns run over the next n positions of the row (the index maps
+past the row's end read padded, invalid steps), and negatives are drawn per position. The same code computes
+both modes; they differ in the encoder and in which columns are actions.
 """
 from __future__ import annotations
 
@@ -66,12 +74,22 @@ class SQNConfig:
 
     backbone: Literal["transformer", "gru"] = "transformer"
     """State encoder: a transformer (the seed's, SASRec-like) or a GRU (GRU4Rec-like)."""
+    mode: Literal["window", "sequence"] = "window"
+    """Training samples: ``window`` = chunks of transitions, each state the last ``window`` items (the seed's);
+    ``sequence`` = whole-sequence training (SASRec's): a sample is one user's last ``max_len`` training
+    items, encoded once by the causal backbone, every position's state predicting (and taking as its action)
+    the next item, all losses applied at every position (``chunk`` and ``window`` are then unused)."""
+    max_len: int = 200
+    """Sequence mode: items per training sequence and per evaluation state (SASRec+ on ML-1M: 200)."""
     window: int = 10
-    """N: items in a state (the seed's state_size)."""
+    """Window mode: N, items in a state (the seed's state_size)."""
     dim: int = 64
     """Embedding and hidden size d (the seed's 64)."""
     heads: int = 1
     """Attention heads (the seed's 1)."""
+    tied_head: bool = False
+    """Supervised logits from the input item embeddings (SASRec's tied output layer) plus a bias, instead of a
+    separate output matrix (the seed's)."""
     layers: int = 1
     """Encoder layers (the seed's 1); only one post-norm causal layer pooled at the last position
     shares encodings across shifted windows, other settings encode each window separately."""
@@ -122,14 +140,15 @@ class SQNConfig:
     grad_clip: float = 0.0
     """Clip the global gradient norm to this value; 0 = no clipping."""
     batch_size: int = 2048
-    """Training samples per update (the seed's 2048); a multiple of chunk."""
+    """Window mode: training transitions per update (the seed's 2048), a multiple of chunk. Sequence mode:
+    user sequences per update (SASRec+: 128)."""
     chunk: int = 8
-    """Consecutive transitions of one user per encoded sequence (1: independent transitions)."""
+    """Window mode: consecutive transitions of one user per encoded sequence (1: independent transitions)."""
     micro_batches: int = 4
     """Accumulate each update's gradient over this many slices of the batch: the same update, with the
-    step's temporary memory divided by it."""
+    step's temporary memory (in sequence mode the [users x positions x items] logits) divided by it."""
     min_history: int = 1
-    """First history position that is a training sample (0 also trains on the empty state)."""
+    """First history position that is a training sample (0 also trains on the empty state; window mode only)."""
     rank_by: Literal["sup", "q"] = "sup"
     """Head that ranks items at evaluation: the supervised head (SQN and the seed) or the Q head (the
     mean of the two heads with double_q=heads)."""
@@ -150,6 +169,16 @@ class SQNConfig:
         return dataclasses.replace(self, bootstrap_at_end=not heldout_users)
 
     def validate(self):
+        if self.mode == "sequence":
+            if self.max_len < 2:
+                raise ConfigError("model.max_len", f"a training sequence needs >= 2 items, got {self.max_len}")
+            if self.backbone == "transformer" and not self.causal:
+                raise ConfigError("model.causal", "sequence mode trains every position on the next item: "
+                                                  "bidirectional attention would show it the item it predicts")
+            if self.pooling != "last":
+                raise ConfigError("model.pooling", "sequence mode reads the state at each position: pooling must be last")
+            if self.min_history < 1:
+                raise ConfigError("model.min_history", "sequence mode has no empty-history state: must be >= 1")
         ints = {"window": self.window, "dim": self.dim, "heads": self.heads, "layers": self.layers,
                 "ff_dim": self.ff_dim, "n_steps": self.n_steps, "batch_size": self.batch_size, "chunk": self.chunk}
         for name, value in ints.items():
@@ -157,11 +186,11 @@ class SQNConfig:
                 raise ConfigError(f"model.{name}", f"must be >= 1, got {value}")
         if self.dim % self.heads:
             raise ConfigError("model.heads", f"dim={self.dim} must be divisible by heads={self.heads}")
-        if self.batch_size % self.chunk:
+        if self.mode == "window" and self.batch_size % self.chunk:
             raise ConfigError("model.batch_size", f"{self.batch_size} must be a multiple of model.chunk={self.chunk}")
-        if self.micro_batches < 1 or (self.batch_size // self.chunk) % self.micro_batches:
-            raise ConfigError("model.micro_batches", f"the {self.batch_size // self.chunk} chunks of a batch must "
-                                                     f"split into {self.micro_batches} equal slices")
+        if self.micro_batches < 1 or self.batch_rows % self.micro_batches:
+            raise ConfigError("model.micro_batches", f"the {self.batch_rows} rows (chunks or sequences) of a batch "
+                                                     f"must split into {self.micro_batches} equal slices")
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError("model.dropout", f"must lie in [0, 1), got {self.dropout}")
         if not 0.0 <= self.gamma <= 1.0 or not 0.0 <= self.lam <= 1.0:
@@ -176,6 +205,17 @@ class SQNConfig:
             raise ConfigError("model.rank_by", "ranking by the Q head needs q_weight > 0")
         if self.ssl != "none" and self.n_steps < 2:
             raise ConfigError("model.ssl", "multi-step self-supervision needs n_steps >= 2")
+
+    @property
+    def state_len(self) -> int:
+        """Items the encoder reads: ``window`` (window mode) or ``max_len`` (sequence mode); evaluation states
+        are each query's last ``state_len`` items."""
+        return self.max_len if self.mode == "sequence" else self.window
+
+    @property
+    def batch_rows(self) -> int:
+        """Rows of the training data per update: chunks (window mode) or user sequences (sequence mode)."""
+        return self.batch_size if self.mode == "sequence" else self.batch_size // self.chunk
 
     @property
     def uses_q(self) -> bool:
@@ -199,9 +239,10 @@ class SQNConfig:
         return 2 if (self.uses_q and self.double_q == "heads") else 1
 
     def network(self, n_items: int) -> SequenceNetwork:
-        return SequenceNetwork(n_items=n_items, window=self.window, backbone=self.backbone, dim=self.dim,
+        return SequenceNetwork(n_items=n_items, window=self.state_len, backbone=self.backbone, dim=self.dim,
                                heads=self.heads, layers=self.layers, ff_dim=self.ff_dim, dropout=self.dropout,
-                               causal=self.causal, pooling=self.pooling, norm=self.norm, q_heads=self.q_heads)
+                               causal=self.causal, pooling=self.pooling, norm=self.norm, q_heads=self.q_heads,
+                               tied_head=self.tied_head)
 
 
 @struct.dataclass
@@ -272,19 +313,39 @@ def make_losses(cfg: SQNConfig, network: SequenceNetwork):
     """
     if cfg.bootstrap_at_end is None:
         raise ValueError("bootstrap_at_end is unresolved: call SQNConfig.for_split(split.heldout_users) first")
-    n_items, N, C, n = network.n_items, cfg.window, cfg.chunk, cfg.n_steps
+    n_items, n = network.n_items, cfg.n_steps
     uses_q, uses_ssl = cfg.uses_q, cfg.uses_ssl
-    A = C + max(cfg.lookahead, 1) - 1  # actions per chunk
-    # Static index maps over a chunk's actions.
+    sequence_mode = cfg.mode == "sequence"
+    if sequence_mode:
+        # One row = one user's sequence of max_len items; state t (after slot t) takes item t + 1 as its
+        # action, so A = max_len - 1 actions, every one a sample (C = A), states 0..A.
+        N, A = 0, cfg.max_len - 1
+        C = A
+        # The n-step maps of the last samples run past the sequence: the action-axis arrays are padded with
+        # this many invalid steps (zero reward, discount and λ; masked out of every loss).
+        pad = max(n, 2) - 1 if cfg.lookahead else 0
+        encoder = "sequence_states"  # by name, so a subclass's override is the one applied
+    else:
+        N, C = cfg.window, cfg.chunk
+        A = C + max(cfg.lookahead, 1) - 1  # actions per chunk (a chunk holds its samples' lookahead)
+        pad = 0
+        encoder = "chunk_states"
+    # Static index maps over a row's actions (into the arrays padded by `ahead`).
     future = np.arange(C)[:, None] + np.arange(1, max(n, 2))[None, :]  # [C, n-1]: a_{t+j}, j = 1..n-1
     horizon = np.arange(C)[:, None] + np.arange(n)[None, :]  # [C, n]: steps t..t+n-1 of each sample
     n_sup_states = A if (uses_ssl and cfg.ssl == "future_states") else C
 
+    def ahead(x):
+        """[B, A + pad, ...]: ``x`` [B, A, ...] with ``pad`` zero (False) steps appended on the action axis."""
+        if not pad:
+            return x
+        return jnp.pad(x, [(0, 0), (0, pad)] + [(0, 0)] * (x.ndim - 2))
+
     def encode(params, seq, key):
-        return network.apply(params, seq, False, method=SequenceNetwork.chunk_states, rngs={"dropout": key})
+        return network.apply(params, seq, False, method=encoder, rngs={"dropout": key})
 
     def encode_target(params, seq):
-        return network.apply(params, seq, True, method=SequenceNetwork.chunk_states)
+        return network.apply(params, seq, True, method=encoder)
 
     def chunk_returns(reward, discount, v_next, lam):
         """[C] λ-return of each sample of one chunk over its n logged steps (unbatched)."""
@@ -298,7 +359,7 @@ def make_losses(cfg: SQNConfig, network: SequenceNetwork):
         hp = traced_values(cfg) if hp is None else hp
         items, reward, valid, terminal, sample = (batch[k] for k in ("items", "reward", "valid", "terminal", "sample"))
         B = items.shape[0]
-        chex.assert_shape(items, (B, N + A))
+        chex.assert_shape(items, (B, N + A + (1 if sequence_mode else 0)))
         chex.assert_shape([reward, valid, terminal], (B, A))
         chex.assert_shape(sample, (B, C))
         chex.assert_shape(keys, (B,))
@@ -307,7 +368,7 @@ def make_losses(cfg: SQNConfig, network: SequenceNetwork):
         if count is None:
             count = jnp.sum(w)
         count = jnp.maximum(count, 1.0)
-        actions = items[:, N:]
+        actions = items[:, N + 1:] if sequence_mode else items[:, N:]
         safe_actions = jnp.minimum(actions, n_items - 1)  # PAD where no action; masked below
         h = jax.vmap(encode, in_axes=(None, 0, 0))(main_params, items, k_drop)  # [B, A+1, d]
         logits = network.apply(main_params, h[:, :n_sup_states], method=SequenceNetwork.logits)
@@ -319,10 +380,10 @@ def make_losses(cfg: SQNConfig, network: SequenceNetwork):
 
         if uses_ssl:
             if cfg.ssl == "future_states":
-                ssl_ce = ce[:, future]
+                ssl_ce = ahead(ce)[:, future]
             else:
-                ssl_ce = lse[:, :C, None] - jnp.take_along_axis(logits[:, :C], safe_actions[:, future], axis=2)
-            ok = valid[:, future].astype(jnp.float32)  # [B, C, n-1]
+                ssl_ce = lse[:, :C, None] - jnp.take_along_axis(logits[:, :C], ahead(safe_actions)[:, future], axis=2)
+            ok = ahead(valid)[:, future].astype(jnp.float32)  # [B, C, n-1]
             per_sample = jnp.sum(ssl_ce * ok, axis=2) / jnp.maximum(ok.sum(axis=2), 1.0)
             metrics["loss_ssl"] = jnp.sum(per_sample * w) / count
             total = total + hp["ssl_weight"] * metrics["loss_ssl"]
@@ -337,26 +398,31 @@ def make_losses(cfg: SQNConfig, network: SequenceNetwork):
             else:
                 discount = hp["gamma"] * valid_f * (1.0 - terminal.astype(jnp.float32))
                 lam = jnp.full((B, A), hp["lam"])
+            reward_p, discount, lam = ahead(reward), ahead(discount), ahead(lam)
             if cfg.negatives:
-                # K items drawn uniformly per chunk and shared by its C samples (one gather of K head rows
-                # per chunk instead of C * K: XLA:CPU scatters the gradient row by row); a draw equal to a
-                # sample's own action is dropped for that sample, so each sample's negatives are uniform
-                # over the other items.
-                neg = jax.vmap(lambda k: jax.random.randint(k, (cfg.negatives,), 0, n_items))(k_neg)
-                is_neg = (neg[:, None, :] != actions[:, :C, None]).astype(jnp.float32)  # [B, C, K]
+                # Window mode: K items drawn uniformly per chunk and shared by its C samples (one gather of
+                # K head rows per chunk instead of C * K: XLA:CPU scatters the gradient row by row). Sequence
+                # mode: K per position (SNQN samples per transition; one draw per sequence would give its
+                # ~200 positions the same 10 negatives). A draw equal to a sample's own action is dropped
+                # for that sample, so each sample's negatives are uniform over the other items.
+                if sequence_mode:
+                    neg = jax.vmap(lambda k: jax.random.randint(k, (C, cfg.negatives), 0, n_items))(k_neg)
+                else:
+                    neg = jax.vmap(lambda k: jax.random.randint(k, (cfg.negatives,), 0, n_items))(k_neg)[:, None, :]
+                is_neg = (neg != actions[:, :C, None]).astype(jnp.float32)  # [B, C, K]
             # (trained head, head whose target copy values its choice): the two heads cross-bootstrap.
             pairs = ((0, 1), (1, 0)) if cfg.q_heads == 2 else ((0, 0),)
             terms = {"loss_td": 0.0, "mean_q": 0.0, "mean_target": 0.0, "loss_neg": 0.0}
             for head, other in pairs:
                 v, _ = double_q_bootstrap(network, main_params, target_params, h, h_target, head, other)  # [B, A+1]
-                returns = jax.lax.stop_gradient(jax.vmap(chunk_returns)(reward, discount, v[:, 1:], lam))  # [B, C]
+                returns = jax.lax.stop_gradient(jax.vmap(chunk_returns)(reward_p, discount, ahead(v[:, 1:]), lam))  # [B, C]
                 q_sa = network.apply(main_params, h[:, :C], safe_actions[:, :C, None], head,
                                      method=SequenceNetwork.q_at)[..., 0]
                 terms["loss_td"] += jnp.sum(jnp.square(q_sa - returns) * w) / count
                 terms["mean_q"] += jnp.sum(q_sa * w) / count
                 terms["mean_target"] += jnp.sum(returns * w) / count
                 if cfg.negatives:
-                    q_neg = network.apply(main_params, h[:, :C], neg[:, None, :], head, method=SequenceNetwork.q_at)
+                    q_neg = network.apply(main_params, h[:, :C], neg, head, method=SequenceNetwork.q_at)
                     v_neg = v[:, :C] if cfg.neg_next == "same" else v[:, 1:C + 1]
                     y_neg = jax.lax.stop_gradient(hp["neg_reward"] + hp["gamma"] * v_neg)
                     sq = jnp.sum(jnp.square(q_neg - y_neg[..., None]) * is_neg, axis=2) / jnp.maximum(is_neg.sum(axis=2), 1.0)
@@ -477,11 +543,11 @@ def make_train(cfg: SQNConfig, network: SequenceNetwork, shard: Callable = no_sh
     """
     optimizer = make_optimizer(cfg)
     update = make_update(cfg, network, optimizer, shard)
-    n_chunks = cfg.batch_size // cfg.chunk
+    n_chunks = cfg.batch_rows
 
     def init(key: jax.Array) -> TrainingState:
         k_init, k_run = jax.random.split(key)
-        dummy = jnp.full((cfg.window,), network.n_items, jnp.int32)
+        dummy = jnp.full((network.window,), network.n_items, jnp.int32)
         # Network i starts from fold_in(k_init, i): network 0 starts where a supervised-only run of the
         # same seed starts, so comparisons isolate the RL terms.
         params = jnp.stack([ravel_pytree(network.init(jax.random.fold_in(k_init, i), dummy))[0]
