@@ -10,13 +10,15 @@ import json
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from experiments.run import main
 from jaxrec.data.sequences import user_sequences
 from jaxrec.errors import ConfigError
 from jaxrec.nets.sequence import SequenceNetwork
-from jaxrec.rl.sqn import SQNConfig, make_losses, make_scorer, make_train, network_params
+from jaxrec.rl.sqn import (SQNConfig, make_losses, make_scorer, make_train, make_update,
+                           network_params, samples_count)
 from tests.helpers import make_interactions, synthetic_interactions, write_prepared
 from tests.planted import planted_chains
 from tests.test_sqn_values import (I, P, Q_B, Q_W, ROWS, SUP_B, SUP_W, T_B, T_W, ce, logsumexp, mean, q,  # noqa: F401
@@ -61,7 +63,8 @@ def encoders(**kw):
     return net, seq_fn, win_fn
 
 
-@pytest.mark.parametrize("kw", [{"layers": 2, "norm": "pre", "heads": 2}, {"layers": 2}, {"backbone": "gru"}])
+@pytest.mark.parametrize("kw", [{"layers": 2, "norm": "pre", "heads": 2}, {"layers": 2}, {"layers": 2, "norm": "sasrec"},
+                                {"backbone": "gru"}])
 def test_causal_and_the_last_state_is_the_evaluation_state(kw):
     net, seq_fn, win_fn = encoders(**kw)
     pad = net.n_items
@@ -116,6 +119,60 @@ def test_tied_head_ranks_with_the_input_item_embeddings():
     g = np.asarray(grad["params"]["item_embedding"])
     np.testing.assert_allclose(g[2], np.asarray(h).sum(0), rtol=1e-6)  # d(sum_b h_b . E_2)/dE_2 = sum_b h_b
     assert not g[[0, 1, 3, 4, 5]].any()
+
+
+def test_sasrec_block_by_hand():
+    """``norm="sasrec"`` is Kang & McAuley's block, written out here for one layer and one head: y = LN1(x),
+    x = LN2(y + Attn(query y, keys and values x)), x = x + FFN(x), state = LN_final(x)."""
+    net = SequenceNetwork(n_items=I, window=5, dim=4, ff_dim=6, norm="sasrec", dropout=0.0)
+    params = net.init(jax.random.key(2), jnp.full((5,), I))
+    p = jax.tree.map(np.asarray, params["params"])
+    seq = np.array([P, P, 2, 0, 3])
+
+    def ln(x, name):
+        mu, var = x.mean(-1, keepdims=True), x.var(-1, keepdims=True)
+        return (x - mu) / np.sqrt(var + 1e-6) * p[name]["scale"] + p[name]["bias"]
+
+    def dense(x, name):
+        return x @ p[name]["kernel"] + p[name]["bias"]
+
+    valid = seq != I
+    x = np.where(valid[:, None], p["item_embedding"][np.minimum(seq, I)], 0.0) + p["position_embedding"][::-1]
+    y = ln(x, "ln1_0")
+    q, k, v = (a @ p[f"w{n}_0"][:, 0] + p[f"b{n}_0"][0] for a, n in ((y, "q"), (x, "k"), (x, "v")))
+    logits = np.where(np.tril(np.ones((5, 5), bool)) & valid[None], q @ k.T / 2.0, -np.inf)
+    rows = valid  # PAD queries see no valid key: zero attention (their states are never used)
+    w = np.zeros((5, 5))
+    w[rows] = np.exp(logits[rows] - logits[rows].max(1, keepdims=True))
+    w[rows] /= w[rows].sum(1, keepdims=True)
+    x = ln(y + dense(w @ v, "out_0"), "ln2_0")
+    x = x + dense(np.maximum(dense(x, "ff1_0"), 0.0), "ff2_0")
+    want = ln(x, "final_norm")
+    got = net.apply(params, jnp.asarray(seq), method=SequenceNetwork.sequence_states)
+    np.testing.assert_allclose(got[valid], want[valid], rtol=1e-4, atol=1e-5)
+
+
+def test_sasrec_input_options_scale_the_item_table_and_drop_the_summed_input():
+    """``embed_scale``: the input reads the item table times sqrt(d) (the same states as an unscaled network
+    given the scaled table), while the tied output layer reads the table unscaled. ``input_dropout``: only in
+    training, on the summed input embeddings (nothing else drops here)."""
+    kw = dict(n_items=I, window=6, dim=16, ff_dim=8, layers=2, norm="pre", dropout=0.0, tied_head=True)
+    scaled, plain = SequenceNetwork(embed_scale=True, **kw), SequenceNetwork(**kw)
+    params = scaled.init(jax.random.key(0), jnp.full((6,), I))
+    bigger = jax.tree.map(lambda x: x, params)
+    bigger["params"]["item_embedding"] = params["params"]["item_embedding"] * 4.0  # sqrt(16)
+    seq = jnp.array([P, 0, 3, 1, 2, 4])
+    h = scaled.apply(params, seq, method=SequenceNetwork.sequence_states)
+    np.testing.assert_allclose(h, plain.apply(bigger, seq, method=SequenceNetwork.sequence_states), rtol=1e-5, atol=1e-5)
+    assert not np.allclose(h, plain.apply(params, seq, method=SequenceNetwork.sequence_states), atol=1e-3)
+    np.testing.assert_allclose(scaled.apply(params, h, method=SequenceNetwork.logits),
+                               plain.apply(params, h, method=SequenceNetwork.logits), rtol=1e-6)
+    dropped = SequenceNetwork(input_dropout=0.5, **kw)
+    rng = {"dropout": jax.random.key(3)}
+    train = dropped.apply(params, seq, False, method=SequenceNetwork.sequence_states, rngs=rng)
+    assert not np.allclose(train, plain.apply(params, seq, False, method=SequenceNetwork.sequence_states, rngs=rng), atol=1e-3)
+    np.testing.assert_array_equal(dropped.apply(params, seq, method=SequenceNetwork.sequence_states),
+                                  plain.apply(params, seq, method=SequenceNetwork.sequence_states))
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -299,12 +356,107 @@ def test_training_is_seeded_and_the_scorer_ranks_from_the_last_state():
                                rtol=1e-5, atol=1e-5)
 
 
+# ------------------------------------------------------------------------------------------------------
+# Length strata (SQNConfig.length_strata): rows cut to their stratum's width, the same rows from every stratum
+
+def strata_interactions(lengths, n_items=9):
+    """User u logs ``lengths[u]`` items (u + j) % n_items, j = 0..len-1, ratings 1..5 in turn."""
+    return make_interactions([(u, (u + j) % n_items, 1 + j % 5, j) for u, n in enumerate(lengths) for j in range(n)],
+                             n_items=n_items)
+
+
+def test_length_strata_layout_by_hand():
+    seqs = user_sequences(strata_interactions([12, 3, 7, 5, 2, 9]), max_len=10)  # kept: 10 3 7 5 2 9
+    parts = seqs.strata(3, multiple=4)
+    # Users sorted by kept length (2 3 | 5 7 | 9 10), each stratum cut to its longest row rounded up to 4 slots.
+    assert [p["items"].shape for p in parts] == [(2, 4), (2, 8), (2, 10)]
+    rows = [4, 1, 3, 2, 5, 0]
+    full = seqs.arrays()
+    for i, part in enumerate(parts):
+        w = part["items"].shape[1]
+        for name, x in part.items():
+            assert x.shape[1] == (w if name == "items" else w - 1)
+            # Only PAD columns go: each cut row is the right end of the user's full row.
+            np.testing.assert_array_equal(x, full[name][rows[2 * i:2 * i + 2]][:, full[name].shape[1] - x.shape[1]:])
+        assert (full["items"][rows[2 * i:2 * i + 2], :10 - w] == seqs.n_items).all()
+    assert sum(int(p["sample"].sum()) for p in parts) == seqs.n_samples
+    assert seqs.strata(1)[0]["items"].shape == (6, 10)
+    with pytest.raises(ValueError, match="strata"):
+        seqs.strata(7)
+
+
+def pad_left(part, width, pad):
+    """A stratum's rows left-padded back to ``width`` items (PAD items, zero/False action columns)."""
+    out = {}
+    for name, x in part.items():
+        w = width if name == "items" else width - 1
+        fill = pad if name == "items" else 0
+        out[name] = jnp.pad(x, [(0, 0), (w - x.shape[1], 0)], constant_values=fill)
+    return out
+
+
+@pytest.mark.parametrize("backbone", ["transformer", "gru"])
+def test_a_stratified_update_equals_the_full_width_update(backbone):
+    """Cut rows change nothing but the compute: one update on the strata's rows (each at its width) has the
+    gradient and losses of one update on the same rows left-padded to max_len (dropout 0, no negatives: the
+    per-row keys then do not enter), with the TD(λ), double Q and self-supervision terms that read along the
+    rows. The update's optimiser is the identity, so the parameter step is lr x the gradient itself (Adam's
+    first step, about lr x sign(g), would magnify float noise on near-zero gradients)."""
+    inter = strata_interactions([12, 3, 7, 5, 2, 9, 4, 11], n_items=9)
+    seqs = user_sequences(inter, max_len=10)
+    base = dict(mode="sequence", max_len=10, backbone=backbone, norm="pre", dim=8, ff_dim=8, dropout=0.0,
+                batch_size=8, n_steps=3, ssl="future_states", negatives=0, bootstrap_at_end=True)
+    strat = SQNConfig(length_strata=4, micro_batches=1, **base)
+    full = SQNConfig(length_strata=1, micro_batches=4, **base)  # the same four slices of two rows, all at width 10
+    strat.validate(), full.validate()
+    net = strat.network(inter.n_items)
+    parts = tuple(jax.tree.map(jnp.asarray, p) for p in seqs.strata(4, multiple=2))
+    assert len({p["items"].shape[1] for p in parts}) > 2
+    wide = jax.tree.map(lambda *xs: jnp.concatenate(xs), *[pad_left(p, 10, inter.n_items) for p in parts])
+    init, _ = make_train(full, net)
+    state = jax.jit(init)(jax.random.key(0))
+    after = {}
+    for name, cfg, batch in (("strata", strat, parts), ("full", full, wide)):
+        update = jax.jit(make_update(cfg, net, optax.identity()))
+        after[name] = update(state, batch, jax.random.key(1))
+    grads = {k: (np.asarray(v[0].params) - np.asarray(state.params)) / strat.lr for k, v in after.items()}
+    assert np.abs(grads["full"]).max() > 1e-2
+    np.testing.assert_allclose(grads["strata"], grads["full"], rtol=1e-3, atol=1e-5)
+    for k, v in after["full"][1].items():
+        assert float(after["strata"][1][k]) == pytest.approx(float(v), rel=1e-5, abs=1e-6), k
+    assert float(after["full"][1]["loss_td"]) > 0 and float(after["full"][1]["loss_ssl"]) > 0
+
+
+def test_each_update_draws_the_same_rows_from_every_stratum():
+    """Users of 4 items (3 samples each) and of 8 items (7 each): a batch of 2 + 2 rows always holds 20 samples,
+    where uniform draws of 4 rows would hold 12 to 28; the run is seeded and a different seed differs."""
+    inter = strata_interactions([4, 8] * 6, n_items=9)
+    cfg = SQNConfig(mode="sequence", max_len=8, dim=8, ff_dim=8, batch_size=4, micro_batches=1, length_strata=2,
+                    q_weight=0.0, ssl="none", negatives=0, bootstrap_at_end=True)
+    cfg.validate()
+    net = cfg.network(inter.n_items)
+    data = tuple(jax.tree.map(jnp.asarray, p) for p in user_sequences(inter, 8).strata(2))
+    assert [p["items"].shape[1] for p in data] == [8, 8]  # one width: both strata share one compiled part
+    init, train = make_train(cfg, net)
+    init, train = jax.jit(init), jax.jit(train)
+    a, _ = train(init(jax.random.key(0)), data, 5)
+    b, _ = train(init(jax.random.key(0)), data, 5)
+    c, _ = train(init(jax.random.key(1)), data, 5)
+    assert samples_count(a) == 5 * 20
+    np.testing.assert_array_equal(a.params, b.params)
+    assert not np.allclose(a.params, c.params)
+
+
 @pytest.mark.parametrize("kw, key", [({"causal": False}, "model.causal"), ({"pooling": "mean"}, "model.pooling"),
                                      ({"max_len": 1}, "model.max_len"), ({"min_history": 0}, "model.min_history"),
-                                     ({"batch_size": 6, "micro_batches": 4}, "model.micro_batches")])
+                                     ({"batch_size": 6, "micro_batches": 4}, "model.micro_batches"),
+                                     ({"batch_size": 8, "micro_batches": 2, "length_strata": 3}, "model.micro_batches"),
+                                     ({"length_strata": 0}, "model.length_strata"),
+                                     ({"input_dropout": 1.0}, "model.input_dropout"),
+                                     ({"mode": "window", "length_strata": 2}, "model.length_strata")])
 def test_sequence_mode_config_errors(kw, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
-        SQNConfig(mode="sequence", **kw).validate()
+        SQNConfig(**{"mode": "sequence", **kw}).validate()
     SQNConfig(mode="sequence", batch_size=6, chunk=8, micro_batches=2).validate()  # chunk is a window-mode key
 
 

@@ -65,8 +65,8 @@ class SequentialTrainer(NextItemProtocol):
     def __init__(self, cfg: C.Config, data):
         m: SQNConfig = cfg.model.for_split(data.split.heldout_users)
         self.mesh = parallel.make_mesh(cfg.devices)
-        # One global batch of batch_size / chunk chunks (per micro-batch) split over the devices.
-        parallel.check_divisible("model.batch_size", m.batch_rows // m.micro_batches, self.mesh)
+        # One global batch of batch_size / chunk chunks (per micro-batch and length stratum) split over the devices.
+        parallel.check_divisible("model.batch_size", m.slice_rows, self.mesh)
         self.cfg, self.inter = m, data.inter
         # Training windows come only from the training rows (checked on what reaches the windows).
         train = guard_training_input(data.split, train_view(data.inter, data.split), "sequence windows")
@@ -79,8 +79,9 @@ class SequentialTrainer(NextItemProtocol):
             raise ConfigError("data", "the training part has no transition (every user needs more than "
                                       "model.min_history interactions)")
         # Only the device copy is kept (the host arrays would double the data's share of the peak).
-        self.data = parallel.replicate(jax.device_put(chunks.arrays()), self.mesh)
-        del chunks, train
+        arrays = chunks.strata(m.length_strata) if m.length_strata > 1 else chunks.arrays()
+        self.data = parallel.replicate(jax.device_put(arrays), self.mesh)
+        del chunks, train, arrays
         release_freed_memory()
         network = m.network(data.inter.n_items)
         init, train = make_train(m, network, parallel.batch_sharder(self.mesh))

@@ -190,6 +190,30 @@ class UserSequences:
         return {"items": self.items, "reward": self.reward, "valid": self.valid, "terminal": self.terminal,
                 "sample": self.sample}
 
+    def strata(self, k: int, multiple: int = 8) -> tuple[dict[str, np.ndarray], ...]:
+        """The rows in ``k`` length strata: ``arrays()`` of the users sorted by kept length and split into
+        ``k`` groups of (nearly: sizes differ by at most one) equal size, shortest first, each group's rows cut
+        to its longest kept history rounded up to ``multiple`` slots (at most L, at least 2).
+
+        Only PAD columns are cut (rows are left-padded), and a slot's position counts from the row's right
+        end (``SequenceNetwork.sequence_states``), so a cut row gives every position the same state and loss
+        as the full row. Drawing the same number of rows from every stratum keeps each user's chance of being
+        in a batch the same as uniform sampling while the batch is padded only to its strata's widths: on
+        ML-1M (L = 200, 108 kept items per user on average) k = 4 gives widths 48/96/200/200, 1.47x fewer slots.
+        """
+        if not 1 <= k <= len(self):
+            raise ValueError(f"need 1 <= strata <= {len(self)} rows, got {k}")
+        kept = (self.items != self.n_items).sum(axis=1)
+        order = np.argsort(kept, kind="stable")
+        L = self.items.shape[1]
+        out = []
+        for rows in np.array_split(order, k):
+            width = int(min(L, max(2, -(-int(kept[rows].max()) // multiple) * multiple)))
+            arrays = {"items": self.items[rows, L - width:]}
+            arrays.update({name: getattr(self, name)[rows, L - width:] for name in ("reward", "valid", "terminal", "sample")})
+            out.append(arrays)
+        return tuple(out)
+
 
 def user_sequences(inter: Interactions, max_len: int = 200, min_history: int = 1) -> UserSequences:
     """Each user's last ``max_len`` items of ``inter`` (the training interactions, ``train_view``) as one

@@ -84,12 +84,18 @@ class SequenceNetwork(nn.Module):
     dropout: float = 0.1
     causal: bool = True
     pooling: Literal["last", "mean"] = "last"
-    norm: Literal["post", "pre"] = "post"
+    norm: Literal["post", "pre", "sasrec"] = "post"
     q_heads: int = 1
     """Q heads over the shared state (2: double Q-learning with two heads, ``jaxrec.rl.sqn``)."""
     tied_head: bool = False
     """Supervised logits = state . input item embedding + bias (SASRec's output layer, which reuses the item
     table) instead of a separate output matrix."""
+    embed_scale: bool = False
+    """Multiply the input item embeddings by sqrt(dim) (SASRec's code, after Vaswani et al. 2017, section 3.4):
+    the item signal then outweighs the positional embedding of the same initial scale. The tied output layer
+    reads the unscaled table."""
+    input_dropout: float = 0.0
+    """Transformer: dropout on the summed input (item + position) embeddings (SASRec's emb_dropout)."""
 
     def setup(self):
         d = self.dim
@@ -121,6 +127,7 @@ class SequenceNetwork(nn.Module):
         else:
             raise ValueError(f"unknown backbone {self.backbone!r}")
         self.drop = nn.Dropout(self.dropout)
+        self.drop_input = nn.Dropout(self.input_dropout)
         if not self.tied_head:
             self.sup_w = self.param("sup_w", nn.initializers.lecun_normal(), (d, self.n_items))
         self.sup_b = self.param("sup_b", nn.initializers.zeros, (self.n_items,))
@@ -148,7 +155,7 @@ class SequenceNetwork(nn.Module):
     def shares_windows(self) -> bool:
         """Whether ``chunk_states`` encodes the sequence once (exact) rather than window by window."""
         return (self.backbone == "transformer" and self.causal and self.pooling == "last" and self.layers == 1
-                and self.norm == "post")
+                and self.norm == "post" and self.input_dropout == 0)
 
     def chunk_states(self, seq: jax.Array, deterministic: bool = True) -> jax.Array:
         """[L - N + 1, d] the state of every window ``seq[i : i + N]`` of one item sequence ``seq`` [L]."""
@@ -169,9 +176,15 @@ class SequenceNetwork(nn.Module):
         section III): slot t's state depends on slots 0..t only, and the last slot's state is exactly
         ``window_state(seq)`` (same positions, same encoder), which is what evaluation ranks from.
 
+        A row may be shorter than ``self.window`` when only PAD slots were cut from its left (the length
+        strata of ``UserSequences.strata``): positions count from the right end and PAD keys are masked
+        (the GRU's PAD steps keep the zero state), so every kept slot's state is unchanged.
+
         Transformer: the outputs of ``_transformer_positions`` (any depth, either norm; causal attention
         required). GRU: the hidden state after every step (PAD steps keep the zero state)."""
-        chex.assert_shape(seq, (self.window,))
+        chex.assert_rank(seq, 1)
+        if not 1 <= seq.shape[0] <= self.window:
+            raise ValueError(f"a sequence of {seq.shape[0]} slots: expected 1..{self.window}")
         if self.backbone == "gru":
             _, hs, _ = self._gru_scan(seq, deterministic)
             return self.drop(hs, deterministic=deterministic)
@@ -199,7 +212,8 @@ class SequenceNetwork(nn.Module):
 
     def _embed(self, items: jax.Array) -> jax.Array:
         valid = items != self.n_items
-        return self.item_embedding[items] * valid[..., None], valid
+        scale = np.sqrt(self.dim) if self.embed_scale else 1.0
+        return self.item_embedding[items] * (valid[..., None] * scale), valid
 
     def _attend(self, l, x_q, x_kv, mask, deterministic):
         q = jnp.einsum("qd,dhk->qhk", x_q, self.wq[l]) + self.bq[l]
@@ -221,9 +235,11 @@ class SequenceNetwork(nn.Module):
         window that is the newest item's recency; for a whole training sequence of ``sequence_states`` it is a
         fixed absolute position per slot (SASRec's learned absolute positions, indexed from the right end,
         which is the same thing for left-padded sequences of one length)."""
-        n = self.window
+        n = seq.shape[0]  # self.window, or fewer for a row cut on the left (sequence_states)
         e, valid = self._embed(seq)
-        x = e + self.position_embedding[::-1]  # window slot j holds the item of recency n - 1 - j
+        x = e + self.position_embedding[:n][::-1]  # slot j holds the item of recency n - 1 - j
+        if self.input_dropout:
+            x = self.drop_input(x, deterministic=deterministic)
         mask = valid[None, :]
         if self.causal:
             mask = mask & jnp.tril(jnp.ones((n, n), bool))
@@ -231,6 +247,12 @@ class SequenceNetwork(nn.Module):
             if self.norm == "post":
                 x = self.ln1[l](x + self.drop(self._attend(l, x, x, mask, deterministic), deterministic=deterministic))
                 x = self.ln2[l](x + self.drop(self._feed_forward(l, x, deterministic), deterministic=deterministic))
+            elif self.norm == "sasrec":
+                # SASRec's block (Kang & McAuley's code): the normalised input is the query and the residual,
+                # keys and values read the unnormalised stream, and the stream is normalised before the FFN.
+                y = self.ln1[l](x)
+                x = self.ln2[l](y + self.drop(self._attend(l, y, x, mask, deterministic), deterministic=deterministic))
+                x = x + self.drop(self._feed_forward(l, x, deterministic), deterministic=deterministic)
             else:
                 y = self.ln1[l](x)
                 x = x + self.drop(self._attend(l, y, y, mask, deterministic), deterministic=deterministic)

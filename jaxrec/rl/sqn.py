@@ -90,6 +90,10 @@ class SQNConfig:
     tied_head: bool = False
     """Supervised logits from the input item embeddings (SASRec's tied output layer) plus a bias, instead of a
     separate output matrix (the seed's)."""
+    embed_scale: bool = False
+    """Input item embeddings times sqrt(dim) (SASRec's code; the tied output layer reads the unscaled table)."""
+    input_dropout: float = 0.0
+    """Transformer: dropout on the summed input embeddings (SASRec's emb_dropout; 0 = none, the seed's)."""
     layers: int = 1
     """Encoder layers (the seed's 1); only one post-norm causal layer pooled at the last position
     shares encodings across shifted windows, other settings encode each window separately."""
@@ -101,8 +105,9 @@ class SQNConfig:
     """Causal attention within the window (False: bidirectional, as the seed's unmasked encoder)."""
     pooling: Literal["last", "mean"] = "last"
     """State = output at the newest item, or the masked mean over the window (the seed's)."""
-    norm: Literal["post", "pre"] = "post"
-    """Post-norm layers (the seed's PyTorch default) or pre-norm."""
+    norm: Literal["post", "pre", "sasrec"] = "post"
+    """Post-norm layers (the seed's PyTorch default), pre-norm, or SASRec's block (query = LN(x), keys and values
+    the unnormalised x, residual from the query, LN before the feed-forward; docs/differences.md#seqplus-block)."""
     n_steps: int = 6
     """n: logged steps in the multi-step targets (λ-return horizon and self-supervision span)."""
     gamma: float = 0.5
@@ -147,6 +152,11 @@ class SQNConfig:
     micro_batches: int = 4
     """Accumulate each update's gradient over this many slices of the batch: the same update, with the
     step's temporary memory (in sequence mode the [users x positions x items] logits) divided by it."""
+    length_strata: int = 1
+    """Sequence mode: sort the users by history length into this many equal strata, each padded only to its
+    longest row (``UserSequences.strata``), and draw ``batch_size / length_strata`` users from every stratum per
+    update (stratified sampling: each user's chance per update is the uniform one; fewer PAD slots computed).
+    ``micro_batches`` then slices each stratum's rows: an update runs ``length_strata * micro_batches`` slices."""
     min_history: int = 1
     """First history position that is a training sample (0 also trains on the empty state; window mode only)."""
     rank_by: Literal["sup", "q"] = "sup"
@@ -188,11 +198,16 @@ class SQNConfig:
             raise ConfigError("model.heads", f"dim={self.dim} must be divisible by heads={self.heads}")
         if self.mode == "window" and self.batch_size % self.chunk:
             raise ConfigError("model.batch_size", f"{self.batch_size} must be a multiple of model.chunk={self.chunk}")
-        if self.micro_batches < 1 or self.batch_rows % self.micro_batches:
+        if self.length_strata < 1 or (self.length_strata > 1 and self.mode != "sequence"):
+            raise ConfigError("model.length_strata", f"must be 1 in window mode and >= 1 in sequence mode, "
+                                                     f"got {self.length_strata}")
+        if self.micro_batches < 1 or self.batch_rows % (self.micro_batches * self.length_strata):
+            per = f" in each of model.length_strata={self.length_strata}" if self.length_strata > 1 else ""
             raise ConfigError("model.micro_batches", f"the {self.batch_rows} rows (chunks or sequences) of a batch "
-                                                     f"must split into {self.micro_batches} equal slices")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ConfigError("model.dropout", f"must lie in [0, 1), got {self.dropout}")
+                                                     f"must split into {self.micro_batches} equal slices{per}")
+        for name in ("dropout", "input_dropout"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ConfigError(f"model.{name}", f"must lie in [0, 1), got {getattr(self, name)}")
         if not 0.0 <= self.gamma <= 1.0 or not 0.0 <= self.lam <= 1.0:
             raise ConfigError("model.gamma", "gamma and lam must lie in [0, 1]")
         if not 0.0 < self.target_tau <= 1.0:
@@ -216,6 +231,11 @@ class SQNConfig:
     def batch_rows(self) -> int:
         """Rows of the training data per update: chunks (window mode) or user sequences (sequence mode)."""
         return self.batch_size if self.mode == "sequence" else self.batch_size // self.chunk
+
+    @property
+    def slice_rows(self) -> int:
+        """Rows of one gradient slice: the batch's rows over ``length_strata * micro_batches``."""
+        return self.batch_rows // (self.length_strata * self.micro_batches)
 
     @property
     def uses_q(self) -> bool:
@@ -242,7 +262,7 @@ class SQNConfig:
         return SequenceNetwork(n_items=n_items, window=self.state_len, backbone=self.backbone, dim=self.dim,
                                heads=self.heads, layers=self.layers, ff_dim=self.ff_dim, dropout=self.dropout,
                                causal=self.causal, pooling=self.pooling, norm=self.norm, q_heads=self.q_heads,
-                               tied_head=self.tied_head)
+                               tied_head=self.tied_head, embed_scale=self.embed_scale, input_dropout=self.input_dropout)
 
 
 @struct.dataclass
@@ -317,23 +337,29 @@ def make_losses(cfg: SQNConfig, network: SequenceNetwork):
     uses_q, uses_ssl = cfg.uses_q, cfg.uses_ssl
     sequence_mode = cfg.mode == "sequence"
     if sequence_mode:
-        # One row = one user's sequence of max_len items; state t (after slot t) takes item t + 1 as its
-        # action, so A = max_len - 1 actions, every one a sample (C = A), states 0..A.
-        N, A = 0, cfg.max_len - 1
-        C = A
         # The n-step maps of the last samples run past the sequence: the action-axis arrays are padded with
         # this many invalid steps (zero reward, discount and λ; masked out of every loss).
         pad = max(n, 2) - 1 if cfg.lookahead else 0
         encoder = "sequence_states"  # by name, so a subclass's override is the one applied
     else:
-        N, C = cfg.window, cfg.chunk
-        A = C + max(cfg.lookahead, 1) - 1  # actions per chunk (a chunk holds its samples' lookahead)
         pad = 0
         encoder = "chunk_states"
-    # Static index maps over a row's actions (into the arrays padded by `ahead`).
-    future = np.arange(C)[:, None] + np.arange(1, max(n, 2))[None, :]  # [C, n-1]: a_{t+j}, j = 1..n-1
-    horizon = np.arange(C)[:, None] + np.arange(n)[None, :]  # [C, n]: steps t..t+n-1 of each sample
-    n_sup_states = A if (uses_ssl and cfg.ssl == "future_states") else C
+
+    def layout(width: int):
+        """(N, A, C, future, horizon, n_sup_states) of rows of ``width`` items: static index maps over a row's
+        actions (into the arrays padded by ``ahead``). Sequence mode: one row = one user's sequence (max_len
+        items, or fewer for a length stratum); state t (after slot t) takes item t + 1 as its action, so
+        A = width - 1 actions, every one a sample (C = A), states 0..A."""
+        if sequence_mode:
+            N, A = 0, width - 1
+            C = A
+        else:
+            N, C = cfg.window, cfg.chunk
+            A = C + max(cfg.lookahead, 1) - 1  # actions per chunk (a chunk holds its samples' lookahead)
+        future = np.arange(C)[:, None] + np.arange(1, max(n, 2))[None, :]  # [C, n-1]: a_{t+j}, j = 1..n-1
+        horizon = np.arange(C)[:, None] + np.arange(n)[None, :]  # [C, n]: steps t..t+n-1 of each sample
+        n_sup_states = A if (uses_ssl and cfg.ssl == "future_states") else C
+        return N, A, C, future, horizon, n_sup_states
 
     def ahead(x):
         """[B, A + pad, ...]: ``x`` [B, A, ...] with ``pad`` zero (False) steps appended on the action axis."""
@@ -347,7 +373,7 @@ def make_losses(cfg: SQNConfig, network: SequenceNetwork):
     def encode_target(params, seq):
         return network.apply(params, seq, True, method=encoder)
 
-    def chunk_returns(reward, discount, v_next, lam):
+    def chunk_returns(reward, discount, v_next, lam, horizon):
         """[C] λ-return of each sample of one chunk over its n logged steps (unbatched)."""
         return jax.vmap(lambda_returns)(reward[horizon], discount[horizon], v_next[horizon], lam[horizon])[:, 0]
 
@@ -359,6 +385,7 @@ def make_losses(cfg: SQNConfig, network: SequenceNetwork):
         hp = traced_values(cfg) if hp is None else hp
         items, reward, valid, terminal, sample = (batch[k] for k in ("items", "reward", "valid", "terminal", "sample"))
         B = items.shape[0]
+        N, A, C, future, horizon, n_sup_states = layout(items.shape[1] if sequence_mode else 0)
         chex.assert_shape(items, (B, N + A + (1 if sequence_mode else 0)))
         chex.assert_shape([reward, valid, terminal], (B, A))
         chex.assert_shape(sample, (B, C))
@@ -415,7 +442,7 @@ def make_losses(cfg: SQNConfig, network: SequenceNetwork):
             terms = {"loss_td": 0.0, "mean_q": 0.0, "mean_target": 0.0, "loss_neg": 0.0}
             for head, other in pairs:
                 v, _ = double_q_bootstrap(network, main_params, target_params, h, h_target, head, other)  # [B, A+1]
-                returns = jax.lax.stop_gradient(jax.vmap(chunk_returns)(reward_p, discount, ahead(v[:, 1:]), lam))  # [B, C]
+                returns = jax.lax.stop_gradient(jax.vmap(chunk_returns, in_axes=(0, 0, 0, 0, None))(reward_p, discount, ahead(v[:, 1:]), lam, horizon))  # [B, C]
                 q_sa = network.apply(main_params, h[:, :C], safe_actions[:, :C, None], head,
                                      method=SequenceNetwork.q_at)[..., 0]
                 terms["loss_td"] += jnp.sum(jnp.square(q_sa - returns) * w) / count
@@ -481,12 +508,12 @@ def make_update(cfg: SQNConfig, network: SequenceNetwork, optimizer: optax.Gradi
     grad_fn = jax.value_and_grad(flat_loss, has_aux=True)
     n_micro = cfg.micro_batches
 
-    def gradients(params, target, batch, keys, hp):
-        if n_micro == 1:
-            (_, metrics), grads = grad_fn(params, target, batch, keys, None, hp)
+    def accumulated(params, target, batch, keys, count, hp, n_slices):
+        """(metrics, gradient) sums over ``n_slices`` equal slices of one batch (or one stratum's rows)."""
+        if n_slices == 1:
+            (_, metrics), grads = grad_fn(params, target, *shard((batch, keys)), count, hp)
             return metrics, grads
-        count = jnp.sum(batch["sample"].astype(jnp.float32))
-        sliced = jax.tree.map(lambda x: x.reshape((n_micro, x.shape[0] // n_micro) + x.shape[1:]), (batch, keys))
+        sliced = jax.tree.map(lambda x: x.reshape((n_slices, x.shape[0] // n_slices) + x.shape[1:]), (batch, keys))
         sliced = shard(sliced, 1)  # each micro-batch split over the devices, not micro-batches over devices
 
         def accumulate(acc, micro):
@@ -499,6 +526,18 @@ def make_update(cfg: SQNConfig, network: SequenceNetwork, optimizer: optax.Gradi
         (metrics, grads), _ = jax.lax.scan(accumulate, zero, sliced)
         return metrics, grads
 
+    def gradients(params, target, batch, keys, hp):
+        if not isinstance(batch, tuple):  # one batch of equal-width rows
+            if n_micro == 1:
+                return accumulated(params, target, batch, keys, None, hp, 1)
+            count = jnp.sum(batch["sample"].astype(jnp.float32))
+            return accumulated(params, target, batch, keys, count, hp, n_micro)
+        # Length strata (one tuple entry per width): every sum is divided by the whole batch's sample count.
+        count = sum(jnp.sum(part["sample"].astype(jnp.float32)) for part in batch)
+        sums = [accumulated(params, target, part, k, count, hp, part["items"].shape[0] // cfg.slice_rows)
+                for part, k in zip(batch, keys)]
+        return jax.tree.map(lambda *xs: sum(xs), *sums)
+
     def update(state: TrainingState, batch: Batch, key: jax.Array):
         k_coin, k_loss = jax.random.split(key)
         if cfg.n_nets == 2:
@@ -508,9 +547,11 @@ def make_update(cfg: SQNConfig, network: SequenceNetwork, optimizer: optax.Gradi
             main = other = jnp.int32(0)
         params = state.params[main]
         target = state.target_params[other] if cfg.uses_q else params
-        keys = jax.random.split(k_loss, batch["items"].shape[0])
-        if n_micro == 1:
-            batch, keys = shard((batch, keys))
+        if isinstance(batch, tuple):  # one key per row of each length stratum
+            keys = tuple(jax.random.split(jax.random.fold_in(k_loss, i), part["items"].shape[0])
+                         for i, part in enumerate(batch))
+        else:
+            keys = jax.random.split(k_loss, batch["items"].shape[0])
         hp = state.hyper
         metrics, grads = gradients(params, target, batch, keys, hp)
         opt = _tree_index(state.opt_state, main)
@@ -537,7 +578,9 @@ def make_train(cfg: SQNConfig, network: SequenceNetwork, shard: Callable = no_sh
     ``init(key) -> TrainingState``; ``train(state, data, n_steps) -> (state, mean metrics)`` runs
     ``n_steps`` (may be traced: one compilation for every chunk length) updates in one loop on the device.
     ``data`` is the dict of chunk arrays of the whole training set (``SequenceChunks.arrays()`` on the
-    device); each update draws ``batch_size / chunk`` chunks uniformly with replacement using
+    device), or in sequence mode with ``length_strata > 1`` the tuple ``UserSequences.strata(length_strata)``
+    (each update then draws ``batch_size / length_strata`` rows from every stratum); each update draws
+    ``batch_size / chunk`` chunks uniformly with replacement using
     ``fold_in(key, step)``, so any split of the steps into calls, and resuming from a checkpoint, gives the
     same result. ``shard`` splits each batch over devices (``make_update``).
     """
@@ -559,20 +602,34 @@ def make_train(cfg: SQNConfig, network: SequenceNetwork, shard: Callable = no_sh
                              key=jax.random.key_data(k_run), step=jnp.int32(0), samples=jnp.zeros((2,), jnp.int32),
                              hyper=traced_values(cfg))
 
-    def train(state: TrainingState, data: dict, n_steps: jax.Array):
-        n_total = data["items"].shape[0]
+    def draw(data: dict, key: jax.Array, n_rows: int) -> dict:
+        """``n_rows`` rows of ``data`` drawn uniformly with replacement (even from fewer rows)."""
+        idx = jax.random.randint(key, (n_rows,), 0, data["items"].shape[0])
+        return jax.tree.map(lambda x: x[idx], data)
+
+    def train(state: TrainingState, data: dict | tuple, n_steps: jax.Array):
         base = jax.random.wrap_key_data(state.key)
+        if isinstance(data, tuple) and len(data) != cfg.length_strata:
+            raise ValueError(f"data has {len(data)} length strata, the config {cfg.length_strata}")
+        n_rows = n_chunks // cfg.length_strata
+
+        def sample(key):
+            if not isinstance(data, tuple):
+                return draw(data, key, n_chunks)
+            # The same number of rows from every length stratum; strata of one width are joined into one part
+            # (one compiled loss per distinct width, the part's slices run in one scan).
+            parts: dict[int, list] = {}
+            for i, part in enumerate(data):
+                parts.setdefault(part["items"].shape[1], []).append(draw(part, jax.random.fold_in(key, i), n_rows))
+            return tuple(jax.tree.map(lambda *xs: jnp.concatenate(xs), *group) for group in parts.values())
 
         def body(_, carry):
             state, sums = carry
             k_batch, k_update = jax.random.split(jax.random.fold_in(base, state.step))
-            idx = jax.random.randint(k_batch, (n_chunks,), 0, n_total)
-            batch = jax.tree.map(lambda x: x[idx], data)
-            state, metrics = update(state, batch, k_update)
+            state, metrics = update(state, sample(k_batch), k_update)
             return state, jax.tree.map(jnp.add, sums, metrics)
 
-        # A batch always holds n_chunks chunks (drawn with replacement), even from fewer training chunks.
-        batch_shape = jax.tree.map(lambda x: jax.ShapeDtypeStruct((n_chunks,) + x.shape[1:], x.dtype), data)
+        batch_shape = jax.eval_shape(sample, base)
         shapes = jax.eval_shape(update, state, batch_shape, base)[1]
         sums = jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), shapes)
         state, sums = jax.lax.fori_loop(0, n_steps, body, (state, sums))
