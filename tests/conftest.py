@@ -23,6 +23,32 @@ def allowed_skips() -> dict[str, str]:
     return out
 
 
+def pytest_configure(config):
+    """A persistent XLA compilation cache for this session only (a fresh temporary directory, removed at the
+    end): the many runs of the suite compile the same programs again and again (every run drops its jit
+    caches when it ends, ``experiments/memory.release_compiled``; seeds run one after another, resumed and
+    repeated runs), and a cache hit skips XLA's compile but not the tracing, so every trace counter of the
+    tests still counts and every result is the program's own. ``JAXREC_TEST_COMPILE_CACHE=0`` turns it off."""
+    if os.environ.get("JAXREC_TEST_COMPILE_CACHE", "1") == "0":
+        return
+    import tempfile
+
+    import jax
+
+    config._jaxrec_compile_cache = tempfile.mkdtemp(prefix="jaxrec-xla-cache-")
+    jax.config.update("jax_compilation_cache_dir", config._jaxrec_compile_cache)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
+
+
+def pytest_unconfigure(config):
+    cache = getattr(config, "_jaxrec_compile_cache", None)
+    if cache:
+        import shutil
+
+        shutil.rmtree(cache, ignore_errors=True)
+
+
 def pytest_runtest_logreport(report):
     if report.skipped and not hasattr(report, "wasxfail"):
         reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)

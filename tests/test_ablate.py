@@ -95,6 +95,8 @@ def test_multimodal_grids_cover_every_subset_and_carry_reference_rows(tmp_path, 
     out = tmp_path / "out"
     args = ["--grid=fusion", "--exp", "mf_multimodal", "--data", str(data), "--features", str(features), "--out", str(out),
             "--quick", "--set", "data.split.cold_items=0.25", "eval.protocols=full,cold_start", "eval.ks=5,10",
+            # One epoch (one evaluation) per run instead of --quick's three: the grid's rows are what is checked.
+            "model.epochs=1", "train.steps=1", "train.eval_every=1", "train.ckpt_every=1",
             "--metrics", "ndcg@10,cold_start:ndcg@10"]
     assert ablate.main(args) == 0
     rows = list(csv.reader(open(out / "table.csv")))

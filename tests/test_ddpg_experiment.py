@@ -2,6 +2,7 @@
 
 The leakage guards of ddpg_id (MF fitting, simulator, states) are planted-leak tested in tests/test_leakage.py."""
 import json
+import shutil
 import subprocess
 import sys
 
@@ -20,9 +21,17 @@ def data_dir(tmp_path_factory):
     return write_prepared(synthetic_interactions(n_users=80, n_items=40, per_user=(14, 30)), tmp_path_factory.mktemp("d") / "syn")
 
 
-def test_ddpg_id_quick_end_to_end_and_resume(data_dir, tmp_path, capsys):
-    run = tmp_path / "run"
+@pytest.fixture(scope="module")
+def quick_run(data_dir, tmp_path_factory):
+    """One quick ddpg_id run (eval.drr_ideal at its default, "true"), shared by the tests below."""
+    run = tmp_path_factory.mktemp("quick") / "run"
     assert main(["--exp=ddpg_id", "--data", str(data_dir), "--run-dir", str(run)] + QUICK) == 0
+    return run
+
+
+def test_ddpg_id_quick_end_to_end_and_resume(data_dir, quick_run, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(quick_run, run)
     final = json.loads((run / "final.json").read_text())
     assert set(final["test"]) == {"drr", "full"}
     assert set(final["test"]["drr"]) == {"precision@5", "precision@10", "ndcg@5", "ndcg@10"}
@@ -32,8 +41,6 @@ def test_ddpg_id_quick_end_to_end_and_resume(data_dir, tmp_path, capsys):
         assert res.returncode == 0, res.stdout
     # Interrupt after the first checkpoint (delete final + later checkpoint) and resume: same final.
     (run / "final.json").unlink()
-    import shutil
-
     shutil.rmtree(run / "checkpoints" / "60")
     capsys.readouterr()
     assert main(["--exp=ddpg_id", "--data", str(data_dir), "--run-dir", str(run)] + QUICK) == 0
@@ -43,12 +50,14 @@ def test_ddpg_id_quick_end_to_end_and_resume(data_dir, tmp_path, capsys):
         assert again[part] == final[part]
 
 
-def test_drr_ndcg_k_variant_is_not_larger(data_dir, tmp_path):
-    runs = {}
-    for ideal in ("true", "k"):
-        run = tmp_path / ideal
-        assert main(["--exp=ddpg_id", "--data", str(data_dir), "--run-dir", str(run)] + QUICK + [f"eval.drr_ideal={ideal}"]) == 0
-        runs[ideal] = json.loads((run / "final.json").read_text())["test"]["drr"]
+def test_drr_ndcg_k_variant_is_not_larger(data_dir, quick_run, tmp_path):
+    # The quick run is the default variant, eval.drr_ideal=true.
+    runs = {"true": json.loads((quick_run / "final.json").read_text())["test"]["drr"]}
+    cfg = json.loads((quick_run / "config.json").read_text())
+    assert cfg["eval"]["drr_ideal"] == "true"
+    run = tmp_path / "k"
+    assert main(["--exp=ddpg_id", "--data", str(data_dir), "--run-dir", str(run)] + QUICK + ["eval.drr_ideal=k"]) == 0
+    runs["k"] = json.loads((run / "final.json").read_text())["test"]["drr"]
     # Same training, same top-10 lists: precision agrees. The seed's variant divides by IDCG(10) even for users
     # with fewer than 10 relevant targets (most users here), so its NDCG is strictly lower: if eval.drr_ideal
     # were ignored the two would be equal.

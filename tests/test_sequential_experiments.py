@@ -77,10 +77,42 @@ def test_m3s_quick_end_to_end_and_exact_resume(data_dir, tmp_path, monkeypatch, 
     assert strip == again
 
 
+def counting_make_train(traces: list):
+    """``seq_trainer.make_train`` whose training step appends its model's repr to ``traces`` when traced."""
+    real = seq_trainer.make_train
+
+    def counting(m, network, *rest):
+        init, train = real(m, network, *rest)
+
+        def counted(*args):
+            traces.append(repr(m))  # runs once per trace, never per call of the compiled step
+            return train(*args)
+
+        return init, counted
+
+    return counting
+
+
+@pytest.fixture(scope="module")
+def sqn_quick(data_dir, tmp_path_factory):
+    """The quick sqn run, shared by test_quick_runs_of_the_other_agents[sqn] and
+    test_each_run_builds_and_traces_its_own_training_step: (its run directory, the models whose training
+    step it traced, one entry per trace)."""
+    traces = []
+    run_dir = tmp_path_factory.mktemp("sqn") / "sqn"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(seq_trainer, "make_train", counting_make_train(traces))
+        assert main(["--exp=sqn", "--quick", "--data", str(data_dir), "--run-dir", str(run_dir), *USERS]) == 0
+    return run_dir, traces
+
+
 @pytest.mark.parametrize("exp", ["sqn", "sasrec", "gru4rec"])
-def test_quick_runs_of_the_other_agents(exp, data_dir, tmp_path):
-    run_dir = tmp_path / exp
-    assert main([f"--exp={exp}", "--quick", "--data", str(data_dir), "--run-dir", str(run_dir), *USERS]) == 0
+def test_quick_runs_of_the_other_agents(exp, data_dir, tmp_path, request):
+    if exp == "sqn":
+        run_dir = request.getfixturevalue("sqn_quick")[0]
+    else:
+        run_dir = tmp_path / exp
+        assert main([f"--exp={exp}", "--quick", "--data", str(data_dir), "--run-dir", str(run_dir), *USERS]) == 0
     check_contract(run_dir)
     f = final(run_dir)
     assert f["exp"] == exp and f["updates"] == 12 and f["samples"] > 0
@@ -173,25 +205,13 @@ def test_event_data_reports_click_and_purchase_targets_apart(tmp_path):
     assert f"{f['by_event']['test']['purchase']['hr@5']:.4f}" in text
 
 
-def test_each_run_builds_and_traces_its_own_training_step(data_dir, tmp_path, monkeypatch):
+def test_each_run_builds_and_traces_its_own_training_step(data_dir, sqn_quick, tmp_path, monkeypatch):
     """The run owns its trainer and so its compiled step: another run (another config, or the same one
     again) in the same process builds and traces its own (N seeds of one run trace it once:
-    tests/test_seeds.py)."""
-    traces = []
-    real = seq_trainer.make_train
-
-    def counting_make_train(m, network, *rest):
-        init, train = real(m, network, *rest)
-
-        def counted(*args):
-            traces.append(repr(m))  # runs once per trace, never per call of the compiled step
-            return train(*args)
-
-        return init, counted
-
-    monkeypatch.setattr(seq_trainer, "make_train", counting_make_train)
+    tests/test_seeds.py). The first run is the quick sqn run of test_quick_runs_of_the_other_agents."""
+    traces = list(sqn_quick[1])
+    monkeypatch.setattr(seq_trainer, "make_train", counting_make_train(traces))
     args = ["--exp=sqn", "--quick", "--data", str(data_dir), *USERS]
-    assert main(args + ["--run-dir", str(tmp_path / "first")]) == 0
     assert len(traces) == 1
     assert main(args + ["model.lr=0.002", "--run-dir", str(tmp_path / "other")]) == 0
     assert len(traces) == 2 and traces[0] != traces[1]
