@@ -43,7 +43,7 @@ DDPG, SQN, SQN_MEM = "benchmarks/ddpg_throughput.py", "benchmarks/sqn_throughput
 PREP_SPEED, FEAT_BENCH = "benchmarks/prepare_speed.py", "benchmarks/feature_extraction.py"
 MM, TO_README = "benchmarks/multimodal_overhead.py", "benchmarks/to_readme.py"
 SWEEP, SCALING = "benchmarks/seed_sweep.py", "benchmarks/scaling.py"
-SEQ_MEM = "benchmarks/seq_plus_memory.py"
+SEQ_MEM, SEQ_SPEED = "benchmarks/seq_plus_memory.py", "benchmarks/seq_plus_speed.py"
 REPORT, ABLATE, RECOMMEND, RUN = "experiments/report.py", "experiments/ablate.py", "experiments/recommend.py", "experiments/run.py"
 PREPARE, EXTRACT = "data_prep/prepare.py", "data_prep/extract_features.py"
 
@@ -80,6 +80,10 @@ CORPUS = [
     case("seq-memory-no-meta", SEQ_MEM, ["--data", "{nometa}"], "{nometa}/meta.json: missing", sub=True),
     case("seq-memory-steps-0", SEQ_MEM, ["--data", "{data}", "--steps", "0"], "--steps: 0, expected a positive"),
     case("seq-memory-unknown-exp", SEQ_MEM, ["--data", "{data}", "--exps", "sasrec_plus,sasrec"], "--exps: sasrec: expected"),
+    # benchmarks/seq_plus_speed.py
+    case("seq-speed-no-data", SEQ_SPEED, ["--data", "{nodata}", "--quick"], "{nodata}: no such data directory", sub=True),
+    case("seq-speed-repeats-0", SEQ_SPEED, ["--data", "{data}", "--repeats", "0"], "--repeats: 0, expected a positive"),
+    case("seq-speed-unknown-exp", SEQ_SPEED, ["--data", "{data}", "--exps", "sasrec"], "--exps: sasrec: expected"),
     # benchmarks/prepare_speed.py
     case("prepare-speed-rows-0", PREP_SPEED, ["--rows", "0"], "--rows: 0, expected a positive"),
     case("prepare-speed-workdir-file", PREP_SPEED, ["--quick", "--workdir", "{a_file}"], "--workdir: {a_file} exists and is not a directory", sub=True),
@@ -260,7 +264,7 @@ def test_bad_input_gives_one_error_line_and_status_2(c: Case, world, capsys, mon
 
 
 def test_corpus_covers_every_entry_point():
-    scripts = {DDPG, SQN, SQN_MEM, SEQ_MEM, SWEEP, SCALING, PREP_SPEED, FEAT_BENCH, MM, TO_README, REPORT, ABLATE, RECOMMEND, RUN, PREPARE, EXTRACT}
+    scripts = {DDPG, SQN, SQN_MEM, SEQ_MEM, SEQ_SPEED, SWEEP, SCALING, PREP_SPEED, FEAT_BENCH, MM, TO_README, REPORT, ABLATE, RECOMMEND, RUN, PREPARE, EXTRACT}
     bench = {f"benchmarks/{p.name}" for p in (REPO / "benchmarks").glob("*.py") if p.name not in ("__init__.py", "common.py")}
     assert bench <= scripts, bench - scripts
     live = [c for c in CORPUS if not c.xfail]

@@ -153,7 +153,7 @@ def test_sasrec_block_by_hand():
 
 
 def test_sasrec_input_options_scale_the_item_table_and_drop_the_summed_input():
-    """``embed_scale``: the input reads the item table times sqrt(d) (the same states as an unscaled network
+    """SASRec's initialisation and input. ``embed_scale``: the input reads the item table times sqrt(d) (the same states as an unscaled network
     given the scaled table), while the tied output layer reads the table unscaled. ``input_dropout``: only in
     training, on the summed input embeddings (nothing else drops here)."""
     kw = dict(n_items=I, window=6, dim=16, ff_dim=8, layers=2, norm="pre", dropout=0.0, tied_head=True)
@@ -173,6 +173,14 @@ def test_sasrec_input_options_scale_the_item_table_and_drop_the_summed_input():
     assert not np.allclose(train, plain.apply(params, seq, False, method=SequenceNetwork.sequence_states, rngs=rng), atol=1e-3)
     np.testing.assert_array_equal(dropped.apply(params, seq, method=SequenceNetwork.sequence_states),
                                   plain.apply(params, seq, method=SequenceNetwork.sequence_states))
+    # block_init_std: the blocks' dense kernels start N(0, std); the default keeps flax's LeCun normal.
+    wide = dict(kw, dim=64, ff_dim=64)
+    small = SequenceNetwork(block_init_std=0.02, **wide).init(jax.random.key(1), jnp.full((6,), I))["params"]
+    lecun = SequenceNetwork(**wide).init(jax.random.key(1), jnp.full((6,), I))["params"]
+    for name in ("out_0", "ff1_1", "ff2_0"):
+        assert float(jnp.std(small[name]["kernel"])) == pytest.approx(0.02, rel=0.1)
+        assert float(jnp.std(lecun[name]["kernel"])) == pytest.approx(1 / 8, rel=0.1)  # 1 / sqrt(fan_in = 64)
+    np.testing.assert_array_equal(small["wq_0"], lecun["wq_0"])
 
 
 # ------------------------------------------------------------------------------------------------------

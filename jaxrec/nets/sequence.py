@@ -96,6 +96,9 @@ class SequenceNetwork(nn.Module):
     reads the unscaled table."""
     input_dropout: float = 0.0
     """Transformer: dropout on the summed input (item + position) embeddings (SASRec's emb_dropout)."""
+    block_init_std: float = 0.0
+    """Transformer: initialise the attention output and feed-forward kernels N(0, std) (SASRec's code: 0.02,
+    so every block starts near the identity); 0 = flax's LeCun-normal default."""
 
     def setup(self):
         d = self.dim
@@ -113,9 +116,10 @@ class SequenceNetwork(nn.Module):
             self.bq = [self.param(f"bq_{l}", nn.initializers.zeros, (self.heads, dh)) for l in range(self.layers)]
             self.bk = [self.param(f"bk_{l}", nn.initializers.zeros, (self.heads, dh)) for l in range(self.layers)]
             self.bv = [self.param(f"bv_{l}", nn.initializers.zeros, (self.heads, dh)) for l in range(self.layers)]
-            self.wo = [nn.Dense(d, name=f"out_{l}") for l in range(self.layers)]
-            self.ff1 = [nn.Dense(self.ff_dim, name=f"ff1_{l}") for l in range(self.layers)]
-            self.ff2 = [nn.Dense(d, name=f"ff2_{l}") for l in range(self.layers)]
+            kernel = nn.initializers.normal(self.block_init_std) if self.block_init_std else nn.initializers.lecun_normal()
+            self.wo = [nn.Dense(d, kernel_init=kernel, name=f"out_{l}") for l in range(self.layers)]
+            self.ff1 = [nn.Dense(self.ff_dim, kernel_init=kernel, name=f"ff1_{l}") for l in range(self.layers)]
+            self.ff2 = [nn.Dense(d, kernel_init=kernel, name=f"ff2_{l}") for l in range(self.layers)]
             self.ln1 = [nn.LayerNorm(name=f"ln1_{l}") for l in range(self.layers)]
             self.ln2 = [nn.LayerNorm(name=f"ln2_{l}") for l in range(self.layers)]
             self.final_norm = nn.LayerNorm()

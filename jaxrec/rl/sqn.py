@@ -94,6 +94,8 @@ class SQNConfig:
     """Input item embeddings times sqrt(dim) (SASRec's code; the tied output layer reads the unscaled table)."""
     input_dropout: float = 0.0
     """Transformer: dropout on the summed input embeddings (SASRec's emb_dropout; 0 = none, the seed's)."""
+    block_init_std: float = 0.0
+    """Transformer: attention-output and feed-forward kernels start N(0, std) (SASRec's code: 0.02); 0 = LeCun normal."""
     layers: int = 1
     """Encoder layers (the seed's 1); only one post-norm causal layer pooled at the last position
     shares encodings across shifted windows, other settings encode each window separately."""
@@ -205,6 +207,8 @@ class SQNConfig:
             per = f" in each of model.length_strata={self.length_strata}" if self.length_strata > 1 else ""
             raise ConfigError("model.micro_batches", f"the {self.batch_rows} rows (chunks or sequences) of a batch "
                                                      f"must split into {self.micro_batches} equal slices{per}")
+        if self.block_init_std < 0:
+            raise ConfigError("model.block_init_std", f"must be >= 0, got {self.block_init_std}")
         for name in ("dropout", "input_dropout"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ConfigError(f"model.{name}", f"must lie in [0, 1), got {getattr(self, name)}")
@@ -262,7 +266,8 @@ class SQNConfig:
         return SequenceNetwork(n_items=n_items, window=self.state_len, backbone=self.backbone, dim=self.dim,
                                heads=self.heads, layers=self.layers, ff_dim=self.ff_dim, dropout=self.dropout,
                                causal=self.causal, pooling=self.pooling, norm=self.norm, q_heads=self.q_heads,
-                               tied_head=self.tied_head, embed_scale=self.embed_scale, input_dropout=self.input_dropout)
+                               tied_head=self.tied_head, embed_scale=self.embed_scale, input_dropout=self.input_dropout,
+                               block_init_std=self.block_init_std)
 
 
 @struct.dataclass
