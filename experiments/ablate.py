@@ -4,6 +4,7 @@
                                [--quick] [--set a.b=value ...] [--metrics hr@10,ndcg@10]
   python experiments/ablate.py --grid=modalities|fusion --features DIR [--exp ddpg_multimodal|mf_multimodal] ...
   python experiments/ablate.py --grid=list
+  ... [--devices N] [--coordinator HOST:PORT --num-processes N --process-id I | --distributed]   (as run.py)
 
 Each grid point is one run directory ``OUT/<label>`` of the harness (resumable: re-running the same
 command resumes unfinished points and reuses finished ones), with the experiment's config, the shared
@@ -11,6 +12,9 @@ command resumes unfinished points and reuses finished ones), with the experiment
 per point: validation selection metric and test metrics, mean +- 95% half-width over seeds) and
 ``OUT/plot.png`` (test metrics against the grid value) are written. Model selection inside every run
 uses the validation part only; the table shows the test numbers of the validation-selected states.
+With ``--devices`` every point trains data-parallel over that many devices; with the multi-process flags (the
+same command on every host, as ``run.py``) the points span the devices of all processes and process 0 alone
+writes the run directories and the grid's files.
 Consecutive points whose configs differ only in traced hyper-parameters (``jaxrec.config.program_key``:
 e.g. the lambda grid) train together with their seeds as one vmapped program (``train.seed_batch`` states
 at a time, 0 = all); each point's numbers are those of its own run.
@@ -239,6 +243,9 @@ def check_points(grid: Grid, args):
 
 
 def main_args(argv):
+    from experiments.run import add_process_flags, join_processes, resolve_processes
+    from jaxrec import parallel
+
     p = ArgParser(prog="ablate.py", description=__doc__.split("\n\n")[0])
     p.add_argument("--grid", required=True, help="grid name, or 'list'")
     p.add_argument("--data", help="prepared data directory (data.path)")
@@ -248,6 +255,7 @@ def main_args(argv):
     p.add_argument("--seed", type=int, help="first learner seed (default 0)")
     p.add_argument("--seeds", type=int, default=1, help="seeds per point (mean +- 95%% CI)")
     p.add_argument("--quick", action="store_true", help="each point with the experiment's --quick config")
+    add_process_flags(p)
     p.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE", help="overrides for every point")
     p.add_argument("--metrics", default="hr@10,ndcg@10",
                    help="test metrics of the table and plot: METRIC (the first protocol's) or PROTOCOL:METRIC")
@@ -263,6 +271,9 @@ def main_args(argv):
         raise ConfigError("--grid", f"unknown grid {args.grid!r}; known: {', '.join(GRIDS)}, modalities, fusion (or 'list')")
     if args.seeds < 1:
         raise ConfigError("--seeds", "must be >= 1")
+    procs = resolve_processes(args)
+    if args.devices is not None:  # every point (and reference) of the grid on these devices
+        args.set = [f"devices={args.devices}", *args.set]
     grid = multimodal_grid(args.grid, args.exp, args.features) if args.grid in ("modalities", "fusion") else GRIDS[args.grid]
     check_points(grid, args)
     out = Path(args.out) if args.out else Path("runs") / f"ablate-{args.grid}{'-quick' if args.quick else ''}"
@@ -271,13 +282,16 @@ def main_args(argv):
     metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
     if not metrics:
         raise ConfigError("--metrics", f"{args.metrics!r}, expected comma-separated metric names")
+    join_processes(procs, args.devices or 1)
     out.mkdir(parents=True, exist_ok=True)
-    rows = run_grid(grid, args, out)
+    rows = run_grid(grid, args, out, progress=print if parallel.is_primary() else (lambda _: None))
     first = {**rows[0]["final"], "_protocol": rows[0]["protocol"]}
     missing = [m for m in metrics if math.isnan(_metric(first, m))]
     if missing:
         known = [f"{p}:{k}" for p, ms in first["test"].items() for k in ms]
         raise ConfigError("--metrics", f"{missing} not among the runs' metrics {known}")
+    if not parallel.is_primary():  # process 0 alone writes the grid's files (each run's too: experiments.loop)
+        return
     text = write_tables(rows, grid, metrics, out)
     write_plot(rows, grid, metrics, out)
     (out / "grid.json").write_text(json.dumps({"grid": args.grid, "key": grid.key, "points": [

@@ -24,6 +24,36 @@ from jaxrec import config as C
 from jaxrec.errors import ConfigError
 
 
+def add_process_flags(p):
+    """``--devices`` and the flags that join several processes (also ``experiments/ablate.py``'s)."""
+    p.add_argument("--devices", type=int, help="devices for data parallelism (of all processes together)")
+    p.add_argument("--coordinator", metavar="HOST:PORT", help="process 0's address: join a run of several processes "
+                                                               "(default $JAX_COORDINATOR_ADDRESS)")
+    p.add_argument("--num-processes", type=int, help="processes of the run (default $JAX_NUM_PROCESSES)")
+    p.add_argument("--process-id", type=int, help="this process's index, 0..N-1 (default $JAX_PROCESS_ID)")
+    p.add_argument("--distributed", action="store_true",
+                   help="join the processes of a cluster JAX detects (SLURM, Open MPI, Cloud TPU pod slice)")
+
+
+def resolve_processes(args):
+    """The processes the flags or the environment ask for (None: this process alone), checked before any work."""
+    from jaxrec import parallel
+
+    return parallel.resolve_processes(args.coordinator, args.num_processes, args.process_id, args.distributed)
+
+
+def join_processes(procs, devices: int):
+    """Joins the processes of ``procs`` (``resolve_processes``), once the configs are known to be valid."""
+    from jaxrec import parallel
+
+    if procs is None:
+        return
+    if procs.num_processes is not None and devices % procs.num_processes:
+        raise ConfigError("--devices", f"{devices} does not split over {procs.num_processes} processes: "
+                                       f"use a multiple of {procs.num_processes} (the devices of all processes)")
+    parallel.initialize(procs.coordinator, procs.num_processes, procs.process_id)
+
+
 def build_parser():
     p = ArgParser(prog="run.py", description=__doc__.split("\n\n")[0])
     p.add_argument("--exp", required=True, help="experiment name, or 'list'")
@@ -32,13 +62,7 @@ def build_parser():
     p.add_argument("--run-dir", help="run directory (default runs/EXP[-quick]/seedS)")
     p.add_argument("--seed", type=int, help="learner seed (default 0)")
     p.add_argument("--seeds", type=int, default=1, help="train this many seeds (seed, seed+1, ...) and report mean +- 95%% CI")
-    p.add_argument("--devices", type=int, help="devices for data parallelism (of all processes together)")
-    p.add_argument("--coordinator", metavar="HOST:PORT", help="process 0's address: join a run of several processes "
-                                                               "(default $JAX_COORDINATOR_ADDRESS)")
-    p.add_argument("--num-processes", type=int, help="processes of the run (default $JAX_NUM_PROCESSES)")
-    p.add_argument("--process-id", type=int, help="this process's index, 0..N-1 (default $JAX_PROCESS_ID)")
-    p.add_argument("--distributed", action="store_true",
-                   help="join the processes of a cluster JAX detects (SLURM, Open MPI, Cloud TPU pod slice)")
+    add_process_flags(p)
     p.add_argument("--quick", action="store_true", help="tiny but real configuration (smoke test)")
     p.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE", help="config overrides")
     p.add_argument("--show-config", action="store_true", help="print every config key with its doc and exit")
@@ -77,17 +101,13 @@ def main_args(argv):
     from jaxrec import parallel
 
     exp = EXPERIMENTS[args.exp]
-    procs = parallel.resolve_processes(args.coordinator, args.num_processes, args.process_id, args.distributed)
+    procs = resolve_processes(args)
     cfg = resolve_config(exp, args)
     if args.show_config:
         for key, type_name, value, doc in C.describe(cfg):
             print(f"{key} ({type_name}) = {value!r}\n    {doc}")
         return
-    if procs is not None:
-        if procs.num_processes is not None and cfg.devices % procs.num_processes:
-            raise ConfigError("--devices", f"{cfg.devices} does not split over {procs.num_processes} processes: "
-                                           f"use a multiple of {procs.num_processes} (the devices of all processes)")
-        parallel.initialize(procs.coordinator, procs.num_processes, procs.process_id)
+    join_processes(procs, cfg.devices)
     from experiments.loop import run_experiment
 
     suffix = "-quick" if args.quick else ""

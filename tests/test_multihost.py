@@ -28,13 +28,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start(args, devices: int, tmp_path, name: str) -> subprocess.Popen:
+def start(args, devices: int, tmp_path, name: str, script: str = "experiments/run.py") -> subprocess.Popen:
     env = {k: v for k, v in os.environ.items() if not k.startswith("JAX_")}
     env.update(XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", JAX_PLATFORMS="cpu", CI="1")
     out, err = (open(tmp_path / f"{name}.{s}", "w") for s in ("out", "err"))
     with out, err:
-        return subprocess.Popen([sys.executable, "experiments/run.py", *args], cwd=REPO, env=env, stdout=out,
-                                stderr=err)
+        return subprocess.Popen([sys.executable, script, *args], cwd=REPO, env=env, stdout=out, stderr=err)
 
 
 def wait(procs: dict[str, subprocess.Popen], tmp_path) -> dict[str, str]:
@@ -102,6 +101,32 @@ def test_two_processes_equal_one_write_once_and_resume(tmp_path):
     out = wait(two_processes(data, run, tmp_path, "c"), tmp_path)
     assert out["c0"].count("already complete") == 1 and out["c1"] == "", out
     assert (run / "final.json").read_bytes() == before
+
+
+def test_an_ablation_grid_over_two_processes(tmp_path):
+    """``ablate.py`` takes the same flags: the lambda grid (its four points one vmapped program) over 2 processes
+    x 2 devices gives the table of one process over 4 devices, and process 0 alone writes it."""
+    data = write_prepared(synthetic_interactions(n_users=60, n_items=40, per_user=(12, 30), seed=4), tmp_path / "syn")
+    args = ["--grid=lambda", "--quick", "--devices", "4", "--data", str(data), "--metrics", "ndcg@10",
+            "--set", "data.split.scheme=users", "data.split.heldout_visible=5"]
+    coordinator = f"127.0.0.1:{free_port()}"
+    procs = {"ref": start(args + ["--out", str(tmp_path / "ref")], 4, tmp_path, "ref", "experiments/ablate.py"),
+             **{f"g{i}": start(args + ["--out", str(tmp_path / "grid"), "--coordinator", coordinator, "--num-processes",
+                                       "2", "--process-id", str(i)], 2, tmp_path, f"g{i}", "experiments/ablate.py")
+                for i in range(2)}}
+    out = wait(procs, tmp_path)
+
+    def table(d):
+        rows = (tmp_path / d / "table.csv").read_text().splitlines()
+        return [r.split(",")[:-1] for r in rows]  # without wall_s
+
+    got, want = table("grid"), table("ref")
+    assert got[0] == want[0] and len(got) == len(want) == 5  # header + 4 points
+    for g, w in zip(got[1:], want[1:]):
+        assert g[:3] == w[:3]
+        assert max(abs(float(a) - float(b)) for a, b in zip(g[3:], w[3:])) < 1e-4, (g, w)
+    assert sorted(p.name for p in (tmp_path / "grid").iterdir()) == sorted(p.name for p in (tmp_path / "ref").iterdir())
+    assert out["g0"].count("wrote ") == 1 and out["g1"] == "", out["g1"]
 
 
 def test_processes_resolved_from_flags_or_environment(monkeypatch):

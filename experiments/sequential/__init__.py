@@ -29,26 +29,29 @@ from experiments.trainer import Experiment
 
 PROTOCOLS = ("next_item", "drr")
 
+
+def _sequential(name: str, description: str, make_config, quick=QUICK) -> Experiment:
+    """A registry entry of the SQNConfig family: SequentialTrainer, next_item and drr protocols, data-parallel."""
+    return Experiment(name, description, make_config, SequentialTrainer, quick=quick, protocols=PROTOCOLS,
+                      data_parallel=True)
+
+
 EXPERIMENTS = [
-    Experiment("m3s_tdlambda", "sequential transformer: CE + multi-step self-supervision + double-Q TD(lambda) "
-               "over n steps with negatives (M3S seed, corrected); next_item protocol",
-               m3s_config, SequentialTrainer, quick=QUICK, protocols=PROTOCOLS, data_parallel=True),
-    Experiment("sqn", "SQN (Xin et al. 2020): same encoder, CE + one-step double Q-learning; next_item protocol",
-               sqn_config, SequentialTrainer, quick=QUICK, protocols=PROTOCOLS, data_parallel=True),
-    Experiment("sasrec", "same transformer encoder, supervised cross-entropy only; next_item protocol",
-               sasrec_config, SequentialTrainer, quick=QUICK, protocols=PROTOCOLS, data_parallel=True),
-    Experiment("gru4rec", "GRU over the last items, supervised cross-entropy only; next_item protocol",
-               gru4rec_config, SequentialTrainer, quick=QUICK, protocols=PROTOCOLS, data_parallel=True),
-    Experiment("sasrec_plus", "SASRec+ (Klenitskiy & Vasilev 2023): whole-sequence training of a 2-block causal "
-               "transformer on each user's last 200 items, full cross-entropy at every position; leave-last split",
-               sasrec_plus_config, SequentialTrainer, quick=QUICK_PLUS, protocols=PROTOCOLS, data_parallel=True),
-    Experiment("gru4rec_plus", "GRU on the same whole sequences, full cross-entropy at every position; leave-last split",
-               gru4rec_plus_config, SequentialTrainer, quick=QUICK_PLUS, protocols=PROTOCOLS, data_parallel=True),
-    Experiment("sqn_plus", "SQN's one-step double Q-learning at every position of the SASRec+ backbone; leave-last split",
-               sqn_plus_config, SequentialTrainer, quick=QUICK_PLUS, protocols=PROTOCOLS, data_parallel=True),
-    Experiment("m3s_plus", "M3S (lambda-returns over n steps along the sequence, multi-step self-supervision, "
-               "negatives, double Q) on the SASRec+ backbone; leave-last split",
-               m3s_plus_config, SequentialTrainer, quick=QUICK_PLUS, protocols=PROTOCOLS, data_parallel=True),
+    _sequential("m3s_tdlambda", "sequential transformer: CE + multi-step self-supervision + double-Q TD(lambda) "
+                "over n steps with negatives (M3S seed, corrected); next_item protocol", m3s_config),
+    _sequential("sqn", "SQN (Xin et al. 2020): same encoder, CE + one-step double Q-learning; next_item protocol",
+                sqn_config),
+    _sequential("sasrec", "same transformer encoder, supervised cross-entropy only; next_item protocol", sasrec_config),
+    _sequential("gru4rec", "GRU over the last items, supervised cross-entropy only; next_item protocol", gru4rec_config),
+    _sequential("sasrec_plus", "SASRec+ (Klenitskiy & Vasilev 2023): whole-sequence training of a 2-block causal "
+                "transformer on each user's last 200 items, full cross-entropy at every position; leave-last split",
+                sasrec_plus_config, QUICK_PLUS),
+    _sequential("gru4rec_plus", "GRU on the same whole sequences, full cross-entropy at every position; leave-last split",
+                gru4rec_plus_config, QUICK_PLUS),
+    _sequential("sqn_plus", "SQN's one-step double Q-learning at every position of the SASRec+ backbone; leave-last "
+                "split", sqn_plus_config, QUICK_PLUS),
+    _sequential("m3s_plus", "M3S (lambda-returns over n steps along the sequence, multi-step self-supervision, "
+                "negatives, double Q) on the SASRec+ backbone; leave-last split", m3s_plus_config, QUICK_PLUS),
     Experiment("popularity_seq", "most-popular training items under the sequential next-item protocol "
                "(the floor of the rows above)", popularity_seq_config, PopularitySeqTrainer,
                quick=("eval.batch_users=256",), protocols=PROTOCOLS),
