@@ -181,6 +181,12 @@ def test_sasrec_input_options_scale_the_item_table_and_drop_the_summed_input():
         assert float(jnp.std(small[name]["kernel"])) == pytest.approx(0.02, rel=0.1)
         assert float(jnp.std(lecun[name]["kernel"])) == pytest.approx(1 / 8, rel=0.1)  # 1 / sqrt(fan_in = 64)
     np.testing.assert_array_equal(small["wq_0"], lecun["wq_0"])
+    # qkv_init: Xavier over fan-in d = 64 and fan-out heads x d_head = 64 (std sqrt(2 / 128) = 0.125), against
+    # flax's xavier_uniform on the 3-D kernel (fans 64 and 64 x 64: std sqrt(2 / 4160) = 0.022).
+    xavier = SequenceNetwork(qkv_init="xavier", **wide).init(jax.random.key(1), jnp.full((6,), I))["params"]
+    for name in ("wq_0", "wk_1", "wv_0"):
+        assert float(jnp.std(xavier[name])) == pytest.approx(0.125, rel=0.05)
+        assert float(jnp.std(lecun[name])) == pytest.approx(0.0219, rel=0.05)
 
 
 # ------------------------------------------------------------------------------------------------------
