@@ -45,6 +45,7 @@ MM, TO_README = "benchmarks/multimodal_overhead.py", "benchmarks/to_readme.py"
 SWEEP, SCALING = "benchmarks/seed_sweep.py", "benchmarks/scaling.py"
 SEQ_MEM, SEQ_SPEED = "benchmarks/seq_plus_memory.py", "benchmarks/seq_plus_speed.py"
 REPORT, ABLATE, RECOMMEND, RUN = "experiments/report.py", "experiments/ablate.py", "experiments/recommend.py", "experiments/run.py"
+CURVES = "experiments/curves.py"
 PREPARE, EXTRACT = "data_prep/prepare.py", "data_prep/extract_features.py"
 
 CORPUS = [
@@ -106,6 +107,13 @@ CORPUS = [
     case("to-readme-missing-readme", TO_README, ["--results", "{results_good}", "--readme", "{nodata}.md"], "{nodata}.md: no such file"),
     # experiments/report.py
     case("report-no-final", REPORT, ["--runs", "{norun}"], "{norun}/final.json: missing", sub=True),
+    # experiments/curves.py
+    case("curves-no-metrics", CURVES, ["--runs", "a={norun}", "--out", "{new_out}.png"], "{norun}: no metrics.jsonl", sub=True),
+    case("curves-ref-not-number", CURVES, ["--runs", "a={run}", "--ref", "pub=high", "--out", "{new_out}.png"],
+         "--ref: pub=high: not a number"),
+    case("curves-metric-no-protocol", CURVES, ["--runs", "a={run}", "--metric", "ndcg@10", "--out", "{new_out}.png"],
+         "--metric: 'ndcg@10': expected PROTOCOL/METRIC"),
+    case("curves-run-without-label", CURVES, ["--runs", "{run}", "--out", "{new_out}.png"], "--runs: '"),
     case("report-no-markers", REPORT, ["--runs", "{run}", "--readme", "{readme}", "--section", "results"],
          "{readme}: no '<!-- table:results -->'"),
     case("report-final-not-json", REPORT, ["--runs", "{badfinal}"], "{badfinal}/final.json:1: not valid JSON"),
@@ -264,7 +272,7 @@ def test_bad_input_gives_one_error_line_and_status_2(c: Case, world, capsys, mon
 
 
 def test_corpus_covers_every_entry_point():
-    scripts = {DDPG, SQN, SQN_MEM, SEQ_MEM, SEQ_SPEED, SWEEP, SCALING, PREP_SPEED, FEAT_BENCH, MM, TO_README, REPORT, ABLATE, RECOMMEND, RUN, PREPARE, EXTRACT}
+    scripts = {DDPG, SQN, SQN_MEM, SEQ_MEM, SEQ_SPEED, SWEEP, SCALING, PREP_SPEED, FEAT_BENCH, MM, TO_README, REPORT, CURVES, ABLATE, RECOMMEND, RUN, PREPARE, EXTRACT}
     bench = {f"benchmarks/{p.name}" for p in (REPO / "benchmarks").glob("*.py") if p.name not in ("__init__.py", "common.py")}
     assert bench <= scripts, bench - scripts
     live = [c for c in CORPUS if not c.xfail]

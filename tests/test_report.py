@@ -32,3 +32,32 @@ def test_missing_final_and_markers_are_errors(tmp_path, capsys):
     a = _final(tmp_path / "a", {"full": {"hr@10": 0.5}})
     (tmp_path / "R.md").write_text("no markers\n")
     assert main(["--runs", str(a), "--readme", str(tmp_path / "R.md"), "--section", "x"]) == 2
+
+
+def test_curves_average_the_seeds_and_draw_the_published_lines(tmp_path, capsys):
+    """``experiments/curves.py``: a run of several seeds is drawn as the mean over its seeds at the steps all of
+    them evaluated (here 10 and 20: seed 1 never reached 30); a one-seed run is its own curve."""
+    import json
+
+    from experiments.curves import main as curves_main
+
+    def write(path, points):
+        path.mkdir(parents=True)
+        lines = [{"step": s, "loss": 1.0} for s, _ in points] + [{"step": s, "val": {"next_item": {"ndcg@10": v}}}
+                                                                  for s, v in points]
+        (path / "metrics.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+
+    write(tmp_path / "multi" / "seed0", [(10, 0.1), (20, 0.3), (30, 0.5)])
+    write(tmp_path / "multi" / "seed1", [(10, 0.2), (20, 0.5)])
+    write(tmp_path / "one", [(10, 0.05), (20, 0.15)])
+    out = tmp_path / "fig" / "curves.png"
+    assert curves_main(["--runs", f"m={tmp_path / 'multi'}", f"o={tmp_path / 'one'}", "--ref", "pub=0.6",
+                        "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "m: val next_item/ndcg@10 0.1500 (step 10) ... 0.4000 (step 20), best 0.4000" in printed
+    assert "o: val next_item/ndcg@10 0.0500 (step 10) ... 0.1500 (step 20)" in printed
+    assert out.read_bytes()[:4] == b"\x89PNG"
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "metrics.jsonl").write_text('{"step": 1}\nnot json\n')
+    assert curves_main(["--runs", f"b={tmp_path / 'bad'}", "--out", str(tmp_path / "b.png")]) == 2
+    assert f"{tmp_path / 'bad' / 'metrics.jsonl'}:2: not a JSON line" in capsys.readouterr().err
