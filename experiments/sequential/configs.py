@@ -84,8 +84,9 @@ def popularity_seq_config() -> C.Config:
 # The "plus" family: whole-sequence training at the field's standard protocol (leave-last, full ranking).
 
 SASREC_PLUS = SQNConfig(mode="sequence", max_len=200, layers=2, heads=1, dim=64, ff_dim=64, dropout=0.1,
-                        norm="sasrec", embed_scale=True, input_dropout=0.1, block_init_std=0.02, tied_head=True, lr=1e-3, batch_size=128, micro_batches=1, length_strata=8,
-                        sup_weight=1.0, q_weight=0.0, ssl="none", negatives=0)
+                        norm="sasrec", embed_scale=True, input_dropout=0.1, block_init_std=0.02, tied_head=True,
+                        lr=1e-3, batch_size=128, micro_batches=1, length_strata=8, sup_weight=1.0, q_weight=0.0,
+                        ssl="none", negatives=0)
 """SASRec+ (Klenitskiy & Vasilev, RecSys 2023; their repository antklen/sasrec-bert4rec-recsys23, configs/SASRec.yaml
 and run_final.sh for ML-1M): full softmax cross-entropy over all items at every position, the last 200 items
 per user (max_length 200), 2 blocks, 1 head, hidden 64, dropout 0.1, Adam lr 1e-3, 128 users per batch.
@@ -94,8 +95,9 @@ sqrt(64) with dropout on the summed input, block kernels N(0, 0.02) and the outp
 embeddings are SASRec's (Kang & McAuley 2018, whose point-wise feed-forward keeps the hidden size; K's code,
 docs/differences.md#seqplus-head, #seqplus-embedding, #seqplus-block). On ML-1M the input scale and the block
 matter: validation NDCG@10 after 235 steps (5 passes, seed 0) was .048 with pre-norm blocks and unscaled
-inputs, .087 with the scale, .105 with the scale and SASRec's block, .109 with the N(0, 0.02) kernels too. ``length_strata=8``: each step draws 16 users from each
-eighth of the users sorted by history length, every eighth padded only to its longest row (ML-1M widths
+inputs, .087 with the scale, .105 with the scale and SASRec's block, .109 with the N(0, 0.02) kernels too.
+``length_strata=8``: each step draws 16 users from each eighth of the users sorted by history length, every
+eighth padded only to its longest row (ML-1M widths
 32/48/64/96/136/200/200/200 instead of 200: 1.6x fewer slots; the same chance per user as uniform draws,
 docs/differences.md#seqplus-sampling); each stratum is one gradient slice, so at most [16 x 199 x 3,706] logits
 (47 MB) live at once, well within the 2 GB budget."""

@@ -209,9 +209,8 @@ class UserSequences:
         out = []
         for rows in np.array_split(order, k):
             width = int(min(L, max(2, -(-int(kept[rows].max()) // multiple) * multiple)))
-            arrays = {"items": self.items[rows, L - width:]}
-            arrays.update({name: getattr(self, name)[rows, L - width:] for name in ("reward", "valid", "terminal", "sample")})
-            out.append(arrays)
+            # The last `width` item columns and the last `width - 1` action columns (those have L - 1).
+            out.append({name: x[rows, L - width:] for name, x in self.arrays().items()})
         return tuple(out)
 
 

@@ -535,10 +535,8 @@ def make_update(cfg: SQNConfig, network: SequenceNetwork, optimizer: optax.Gradi
         return metrics, grads
 
     def gradients(params, target, batch, keys, hp):
-        if not isinstance(batch, tuple):  # one batch of equal-width rows
-            if n_micro == 1:
-                return accumulated(params, target, batch, keys, None, hp, 1)
-            count = jnp.sum(batch["sample"].astype(jnp.float32))
+        if not isinstance(batch, tuple):  # one batch of equal-width rows (one slice: the loss counts its own)
+            count = None if n_micro == 1 else jnp.sum(batch["sample"].astype(jnp.float32))
             return accumulated(params, target, batch, keys, count, hp, n_micro)
         # Length strata (one tuple entry per width): every sum is divided by the whole batch's sample count.
         count = sum(jnp.sum(part["sample"].astype(jnp.float32)) for part in batch)
