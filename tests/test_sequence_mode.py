@@ -64,7 +64,7 @@ def encoders(**kw):
 
 
 @pytest.mark.parametrize("kw", [{"layers": 2, "norm": "pre", "heads": 2}, {"layers": 2}, {"layers": 2, "norm": "sasrec"},
-                                {"backbone": "gru"}])
+                                {"layers": 2, "norm": "sasrec", "position_origin": "first"}, {"backbone": "gru"}])
 def test_causal_and_the_last_state_is_the_evaluation_state(kw):
     net, seq_fn, win_fn = encoders(**kw)
     pad = net.n_items
@@ -80,14 +80,30 @@ def test_causal_and_the_last_state_is_the_evaluation_state(kw):
         assert not np.allclose(states[t + 1:], again[t + 1:])
 
 
-def test_padding_never_changes_a_state_or_a_loss():
-    """Positions are counted from the right end, so more left padding (a longer max_len) leaves every real
-    state and every loss term unchanged (the padded slots are masked out of attention and of the losses)."""
+def test_prefix_states_are_evaluation_states_with_positions_from_the_first_item():
+    """``position_origin="first"`` (SASRec+'s): the training state after slot t of a row is exactly the
+    evaluation state of the items up to t (left-padded to a window), so every training position sees the
+    positions evaluation will. Counted from the last item it is not: slot t of a row is told how many items
+    follow it, which an evaluation state never is."""
+    for origin, same in (("first", True), ("last", False)):
+        net, seq_fn, win_fn = encoders(layers=2, norm="sasrec", position_origin=origin)
+        pad = net.n_items
+        seq = jnp.array([pad, pad, 3, 4, 5, 6, 7, 8, 9])
+        states = seq_fn(seq)
+        for t in (2, 4, 7):
+            prefix = jnp.concatenate([jnp.full((8 - t,), pad), seq[:t + 1]])
+            assert np.allclose(states[t], win_fn(prefix), atol=2e-6) is same, (origin, t)
+
+
+@pytest.mark.parametrize("origin", ["last", "first"])
+def test_padding_never_changes_a_state_or_a_loss(origin):
+    """Positions are counted from either end of the items, so more left padding (a longer max_len) leaves every
+    real state and every loss term unchanged (the padded slots are masked out of attention and of the losses)."""
     rows = [(0, 0, 5, 0), (0, 1, 4, 1), (0, 2, 3, 2), (0, 3, 2, 3), (1, 3, 1, 0), (1, 2, 2, 1), (1, 0, 3, 2)]
     out = {}
     for max_len in (7, 4):
         cfg = SQNConfig(mode="sequence", max_len=max_len, layers=2, dim=8, ff_dim=16, dropout=0.0, batch_size=2,
-                        micro_batches=1, n_steps=3, negatives=0, bootstrap_at_end=True)
+                        micro_batches=1, n_steps=3, negatives=0, bootstrap_at_end=True, position_origin=origin)
         cfg.validate()
         net = cfg.network(I)
         params = net.init(jax.random.key(0), jnp.full((7,), I)) if max_len == 7 else None
@@ -95,7 +111,7 @@ def test_padding_never_changes_a_state_or_a_loss():
             out["params"] = params
         else:
             params = jax.tree.map(lambda x: x, out["params"])
-            params["params"]["position_embedding"] = params["params"]["position_embedding"][:4]  # recencies 0..3
+            params["params"]["position_embedding"] = params["params"]["position_embedding"][:4]  # positions 0..3
         loss = jax.jit(make_losses(cfg, net))
         _, m = loss(params, params, hand_batch(max_len, rows), jax.random.split(jax.random.key(0), 2))
         out[max_len] = {k: float(v) for k, v in m.items()}
@@ -409,8 +425,8 @@ def pad_left(part, width, pad):
     return out
 
 
-@pytest.mark.parametrize("backbone", ["transformer", "gru"])
-def test_a_stratified_update_equals_the_full_width_update(backbone):
+@pytest.mark.parametrize("backbone,origin", [("transformer", "last"), ("transformer", "first"), ("gru", "last")])
+def test_a_stratified_update_equals_the_full_width_update(backbone, origin):
     """Cut rows change nothing but the compute: one update on the strata's rows (each at its width) has the
     gradient and losses of one update on the same rows left-padded to max_len (dropout 0, no negatives: the
     per-row keys then do not enter), with the TD(λ), double Q and self-supervision terms that read along the
@@ -419,7 +435,8 @@ def test_a_stratified_update_equals_the_full_width_update(backbone):
     inter = strata_interactions([12, 3, 7, 5, 2, 9, 4, 11], n_items=9)
     seqs = user_sequences(inter, max_len=10)
     base = dict(mode="sequence", max_len=10, backbone=backbone, norm="pre", dim=8, ff_dim=8, dropout=0.0,
-                batch_size=8, n_steps=3, ssl="future_states", negatives=0, bootstrap_at_end=True)
+                batch_size=8, n_steps=3, ssl="future_states", negatives=0, bootstrap_at_end=True,
+                position_origin=origin)
     strat = SQNConfig(length_strata=4, micro_batches=1, **base)
     full = SQNConfig(length_strata=1, micro_batches=4, **base)  # the same four slices of two rows, all at width 10
     strat.validate(), full.validate()

@@ -20,8 +20,8 @@ Transformer (Vaswani et al. 2017; SASRec, Kang & McAuley 2018), as the seed's ``
 
 Whole sequences (``sequence_states``, the sequence mode of ``jaxrec.rl.sqn``): one causal pass over a
 left-padded row of ``window`` (= ``max_len``) items gives the state after every slot, for any depth and
-either norm; positions count from the row's right end, so the last slot's state is ``window_state`` of
-the same items, the state evaluation ranks from.
+either norm; positions count from the row's right end (or, ``position_origin="first"``, from its first
+item), so the last slot's state is ``window_state`` of the same items, the state evaluation ranks from.
 
 GRU (Cho et al. 2014; GRU4Rec, Hidasi et al. 2016): a GRU over the window's items, PAD steps leave the
 hidden state unchanged; pooling = last hidden state or masked mean of the hidden states.
@@ -102,6 +102,13 @@ class SequenceNetwork(nn.Module):
     the 3-D kernel, which takes the leading axis as a receptive field and counts fan-in heads x d and fan-out
     d x d_head, so the projections start about 5.7x smaller (std 0.022 for d = 64, one head). ``flax3d`` is
     what every window-mode table of the README was measured with, hence its default."""
+    position_origin: Literal["last", "first"] = "last"
+    """Transformer: which item gets learned position 0. ``last``: the newest (slot j of a row of n slots gets
+    position n - 1 - j, its recency from the row's end). ``first``: the row's oldest item (position = the
+    item's index in the row's history, PAD slots skipped; SASRec+'s right-padded rows, Klenitskiy & Vasilev
+    2023). In whole-sequence training ``last`` tells every position how many items follow it in the row,
+    which evaluation states never have (their newest item is always position 0); ``first`` gives training
+    prefixes exactly the positions of an evaluation state of the same items."""
     block_init_std: float = 0.0
     """Transformer: initialise the attention output and feed-forward kernels N(0, std) (SASRec's code: 0.02,
     so every block starts near the identity); 0 = flax's LeCun-normal default."""
@@ -168,7 +175,7 @@ class SequenceNetwork(nn.Module):
     def shares_windows(self) -> bool:
         """Whether ``chunk_states`` encodes the sequence once (exact) rather than window by window."""
         return (self.backbone == "transformer" and self.causal and self.pooling == "last" and self.layers == 1
-                and self.norm == "post" and self.input_dropout == 0)
+                and self.norm == "post" and self.input_dropout == 0 and self.position_origin == "last")
 
     def chunk_states(self, seq: jax.Array, deterministic: bool = True) -> jax.Array:
         """[L - N + 1, d] the state of every window ``seq[i : i + N]`` of one item sequence ``seq`` [L]."""
@@ -190,7 +197,7 @@ class SequenceNetwork(nn.Module):
         ``window_state(seq)`` (same positions, same encoder), which is what evaluation ranks from.
 
         A row may be shorter than ``self.window`` when only PAD slots were cut from its left (the length
-        strata of ``UserSequences.strata``): positions count from the right end and PAD keys are masked
+        strata of ``UserSequences.strata``): positions count from either end of the items and PAD keys are masked
         (the GRU's PAD steps keep the zero state), so every kept slot's state is unchanged.
 
         Transformer: the outputs of ``_transformer_positions`` (any depth, either norm; causal attention
@@ -244,13 +251,18 @@ class SequenceNetwork(nn.Module):
     def _transformer_positions(self, seq, deterministic):
         """([L, d] output at every slot of ``seq`` (length ``self.window``), valid [L]).
 
-        Slot j gets the positional embedding of its distance from the LAST slot (``pos[L - 1 - j]``): for a
-        window that is the newest item's recency; for a whole training sequence of ``sequence_states`` it is a
-        fixed absolute position per slot (SASRec's learned absolute positions, indexed from the right end,
-        which is the same thing for left-padded sequences of one length)."""
+        ``position_origin="last"``: slot j gets the positional embedding of its distance from the LAST slot
+        (``pos[L - 1 - j]``): for a window that is the newest item's recency; for a whole training sequence of
+        ``sequence_states`` it is a fixed absolute position per slot (SASRec's learned absolute positions,
+        indexed from the right end, which is the same thing for left-padded sequences of one length).
+        ``"first"``: the item's index in the row's history (PAD slots skipped), so cutting PAD slots from the
+        left changes nothing either way."""
         n = seq.shape[0]  # self.window, or fewer for a row cut on the left (sequence_states)
         e, valid = self._embed(seq)
-        x = e + self.position_embedding[:n][::-1]  # slot j holds the item of recency n - 1 - j
+        if self.position_origin == "last":
+            x = e + self.position_embedding[:n][::-1]  # slot j holds the item of recency n - 1 - j
+        else:  # rows are left-padded, so an item's index in the history is the count of items before it
+            x = e + self.position_embedding[jnp.maximum(jnp.cumsum(valid) - 1, 0)]
         if self.input_dropout:
             x = self.drop_input(x, deterministic=deterministic)
         mask = valid[None, :]

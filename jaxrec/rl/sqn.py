@@ -99,6 +99,9 @@ class SQNConfig:
     (PyTorch's) or ``flax3d`` (about 5.7x smaller at d = 64, what the window-mode tables were measured with)."""
     block_init_std: float = 0.0
     """Transformer: attention-output and feed-forward kernels start N(0, std) (SASRec's code: 0.02); 0 = LeCun normal."""
+    position_origin: Literal["last", "first"] = "last"
+    """Transformer: learned position 0 is a row's newest item (``last``, the seed's recency) or its oldest
+    (``first``, SASRec+'s; ``SequenceNetwork.position_origin``)."""
     layers: int = 1
     """Encoder layers (the seed's 1); only one post-norm causal layer pooled at the last position
     shares encodings across shifted windows, other settings encode each window separately."""
@@ -270,7 +273,8 @@ class SQNConfig:
                                heads=self.heads, layers=self.layers, ff_dim=self.ff_dim, dropout=self.dropout,
                                causal=self.causal, pooling=self.pooling, norm=self.norm, q_heads=self.q_heads,
                                tied_head=self.tied_head, embed_scale=self.embed_scale, input_dropout=self.input_dropout,
-                               block_init_std=self.block_init_std, qkv_init=self.qkv_init)
+                               block_init_std=self.block_init_std, qkv_init=self.qkv_init,
+                               position_origin=self.position_origin)
 
 
 @struct.dataclass
