@@ -71,7 +71,7 @@ class SeedRun:
         self.exp, self.cfg, self.run_dir, self.data, self.progress, self.bars = exp, cfg, Path(run_dir), data, progress, bars
         self.stage_dir = Path(stage_dir or run_dir)
         self.rd = RunDir(run_dir, writer=parallel.is_primary())
-        self.rd.check(C.to_dict(cfg), defaults=C.to_dict(exp.make_config()))
+        self.rd.check(C.to_dict(cfg), defaults=C.declared_defaults(exp.make_config()))
         self.final = json.loads(self.rd.final.read_text()) if self.rd.final.exists() else None
         self.manager = None
 
@@ -83,7 +83,7 @@ class SeedRun:
             trainer.bars = self.bars
         if hasattr(trainer, "stage_dir"):  # trainers with a stage fitted once per run (pretrained embeddings)
             trainer.stage_dir = self.stage_dir
-        self.rd.start(C.to_dict(self.cfg), defaults=C.to_dict(self.exp.make_config()))
+        self.rd.start(C.to_dict(self.cfg), defaults=C.declared_defaults(self.exp.make_config()))
         parallel.sync(f"started {self.run_dir}")  # the directory exists before any process opens its checkpoints
         state = trainer.init(jax.random.key(self.cfg.seed))
         if hasattr(trainer, "with_hyper"):
@@ -324,7 +324,7 @@ def run_points(exp: Experiment, cfgs: list[C.Config], run_dirs: list[Path], n_se
         runs, owners = [], []
         for i, (cfg, run_dir) in enumerate(zip(cfgs, run_dirs)):
             if n_seeds > 1:
-                RunDir(run_dir).check({**C.to_dict(cfg), "seeds": n_seeds}, defaults=C.to_dict(exp.make_config()))
+                RunDir(run_dir).check({**C.to_dict(cfg), "seeds": n_seeds}, defaults=C.declared_defaults(exp.make_config()))
             for s in range(cfg.seed, cfg.seed + n_seeds):
                 seed_dir = run_dir / f"seed{s}" if n_seeds > 1 else run_dir
                 runs.append(SeedRun(exp, dataclasses.replace(cfg, seed=s), seed_dir, data, progress, bars, run_dir))
@@ -351,7 +351,7 @@ def write_aggregate(exp: Experiment, cfg: C.Config, run_dir: Path, n_seeds: int,
     final = aggregate_seeds(finals)
     if parallel.is_primary():
         rd = RunDir(run_dir)
-        rd.start({**C.to_dict(cfg), "seeds": n_seeds}, defaults=C.to_dict(exp.make_config()))
+        rd.start({**C.to_dict(cfg), "seeds": n_seeds}, defaults=C.declared_defaults(exp.make_config()))
         rd.truncate(0)
         for s in range(cfg.seed, cfg.seed + n_seeds):
             for line in (run_dir / f"seed{s}" / "metrics.jsonl").read_text().splitlines():
@@ -454,7 +454,7 @@ def run_experiment(exp: Experiment, cfg: C.Config, run_dir: Path, n_seeds: int =
         rd = RunDir(run_dir)
         # Checked now, written once the seeds ran: a setup error leaves nothing that blocks the fixed command
         # (each seed's own directory is checked and written the same way by run_single).
-        rd.check({**C.to_dict(cfg), "seeds": n_seeds}, defaults=C.to_dict(exp.make_config()))
+        rd.check({**C.to_dict(cfg), "seeds": n_seeds}, defaults=C.declared_defaults(exp.make_config()))
         finals = run_seeds(exp, cfg, run_dir, n_seeds, data, progress, bars, trainer)
     finally:
         trainer.cache_clear()

@@ -296,18 +296,41 @@ def to_dict(cfg) -> dict:
     return _jsonable(dataclasses.asdict(cfg))
 
 
+_ABSENT = object()
+
+
+def declared_defaults(cfg) -> dict:
+    """``to_dict(cfg)`` with every field that declares a default set to it, whatever the experiment registered.
+
+    A key missing from an old run's ``config.json`` is an option added after the run started; options are added
+    with a default that keeps the earlier behaviour, so the run was trained with the DECLARED default, even
+    where an experiment now registers another value (``SASREC_PLUS.position_origin``)."""
+    out = {}
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(value):
+            out[f.name] = declared_defaults(value)
+        elif f.default is not dataclasses.MISSING:
+            out[f.name] = _jsonable(f.default)
+        elif f.default_factory is not dataclasses.MISSING:
+            out[f.name] = _jsonable(f.default_factory())
+        else:
+            out[f.name] = _jsonable(value)
+    return out
+
+
 def from_dict(default, d: dict):
     """``default`` (a config of the right experiment) with every leaf taken from the nested dict ``d``
-    (a ``config.json``); lists become tuples, keys absent from ``d`` keep their default."""
-    cfg = default
+    (a ``config.json``); lists become tuples; a key absent from ``d`` takes its declared default
+    (``declared_defaults``: what a run from before the key existed was trained with)."""
+    cfg, declared = default, declared_defaults(default)
     for key in _leaves(default):
-        node = d
+        node, fallback = d, declared
         for part in key.split("."):
-            if not isinstance(node, dict) or part not in node:
-                break
-            node = node[part]
-        else:
-            cfg = replace(cfg, key, tuple(node) if isinstance(node, list) else node)
+            fallback = fallback[part]
+            node = node[part] if isinstance(node, dict) and part in node else _ABSENT
+        value = fallback if node is _ABSENT else node
+        cfg = replace(cfg, key, tuple(value) if isinstance(value, list) else value)
     validate(cfg)
     return cfg
 

@@ -1,4 +1,5 @@
 import dataclasses
+import json
 
 import pytest
 
@@ -69,10 +70,34 @@ def test_from_dict_inverts_to_dict_through_json(exp):
         node = node[part]
     node[leaf] = (not value) if isinstance(value, bool) else value + 1
     assert C.to_dict(C.from_dict(default, d))["model"] == d["model"] != C.to_dict(cfg)["model"]
-    # Keys absent from the dict keep their default; an invalid value is refused like a --set.
-    assert C.from_dict(default, {"seed": 5}).seed == 5
+    # An invalid value is refused like a --set.
     with pytest.raises(ConfigError):
         C.from_dict(default, {**d, "eval": {**d["eval"], "ks": []}})
+
+
+def test_a_key_missing_from_an_old_config_is_read_as_its_declared_default(tmp_path):
+    """A run started before an option existed was trained with the option's declared default (options are added
+    with one that keeps the earlier behaviour), even where an experiment registers another value since:
+    sasrec_plus registers ``position_origin="first"``, the declared default is ``"last"``. recommend.py (from_dict)
+    must rebuild that run's network, and a resume with today's registered value must be refused, not silently
+    continue a model trained with the other positions."""
+    from experiments.registry import EXPERIMENTS
+    from experiments.rundir import RunDir
+    from jaxrec.errors import InputError
+
+    registered = EXPERIMENTS["sasrec_plus"].make_config()
+    assert registered.model.position_origin == "first"
+    old = C.to_dict(registered)
+    del old["model"]["position_origin"]
+    assert C.from_dict(registered, old).model.position_origin == "last"
+    assert C.from_dict(registered, {**old, "seed": 4}) == C.replace(C.replace(registered, "seed", 4),
+                                                                     "model.position_origin", "last")
+    assert C.declared_defaults(registered)["model"]["norm"] == "post"  # declared, not sasrec_plus's "sasrec"
+    (tmp_path / "config.json").write_text(json.dumps(old))
+    run = RunDir(tmp_path)
+    with pytest.raises(InputError, match="model.position_origin: 'last' there, 'first' now"):
+        run.check(C.to_dict(registered), defaults=C.declared_defaults(registered))
+    run.check(C.to_dict(C.replace(registered, "model.position_origin", "last")), defaults=C.declared_defaults(registered))
 
 
 def test_rows_of_one_family_share_split_relevance_and_protocols_by_default():
