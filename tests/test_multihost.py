@@ -147,3 +147,30 @@ def test_processes_resolved_from_flags_or_environment(monkeypatch):
     monkeypatch.setattr(parallel, "cluster_detected", lambda: True)
     assert parallel.resolve_processes(auto=True, environ={}) == parallel.Processes()
     assert parallel.resolve_processes(None, 2, None, environ={}) == parallel.Processes(None, 2, None)
+
+
+def test_ddpg_seeds_over_two_processes(tmp_path):
+    """``ddpg_id`` with ``--seeds 2`` (the parallel users sharded, the seeds one after another or vmapped, the
+    embedding stage first) over 2 processes x 2 devices: each seed's numbers equal one process over 4 devices,
+    and process 0 alone writes the seed directories, the aggregate and the embedding stage."""
+    data = write_prepared(synthetic_interactions(n_users=60, n_items=40, per_user=(12, 30), seed=5), tmp_path / "syn")
+    args = ["--exp=ddpg_id", "--quick", "--seeds", "2", "--devices", "4", "--quiet", "--data", str(data),
+            "--set", "data.split.scheme=users", "data.split.heldout_visible=5", "model.agent.n_envs=4",
+            "train.steps=60", "train.eval_every=30", "train.ckpt_every=30", "train.log_every=30"]
+    coordinator = f"127.0.0.1:{free_port()}"
+    procs = {"ref": start(args + ["--run-dir", str(tmp_path / "ref")], 4, tmp_path, "ref"),
+             **{f"d{i}": start(args + ["--run-dir", str(tmp_path / "run"), "--coordinator", coordinator,
+                                       "--num-processes", "2", "--process-id", str(i)], 2, tmp_path, f"d{i}")
+                for i in range(2)}}
+    out = wait(procs, tmp_path)
+    ref, run = (json.loads((tmp_path / d / "final.json").read_text()) for d in ("ref", "run"))
+    assert [s["seed"] for s in run["seeds"]] == [s["seed"] for s in ref["seeds"]] == [0, 1]
+    for got, want in zip(run["seeds"], ref["seeds"]):
+        assert got["updates"] == want["updates"] > 0
+        g, w = metrics(got), metrics(want)
+        assert g.keys() == w.keys() and max(abs(g[k] - w[k]) for k in g) < 1e-4
+    assert metrics(run["seeds"][0]) != metrics(run["seeds"][1])  # two seeds, not one run twice
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == sorted(p.name for p in (tmp_path / "ref").iterdir())
+    assert sorted(p.name for p in (tmp_path / "run" / "embeddings").iterdir()) == sorted(
+        p.name for p in (tmp_path / "ref" / "embeddings").iterdir())
+    assert out["d0"].count("run directory:") == 1 and out["d1"] == "", out["d1"]
