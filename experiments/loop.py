@@ -324,7 +324,8 @@ def run_points(exp: Experiment, cfgs: list[C.Config], run_dirs: list[Path], n_se
         runs, owners = [], []
         for i, (cfg, run_dir) in enumerate(zip(cfgs, run_dirs)):
             if n_seeds > 1:
-                RunDir(run_dir).check({**C.to_dict(cfg), "seeds": n_seeds}, defaults=C.declared_defaults(exp.make_config()))
+                RunDir(run_dir).check({**C.to_dict(cfg), "seeds": n_seeds},
+                                      defaults=C.declared_defaults(exp.make_config()))
             for s in range(cfg.seed, cfg.seed + n_seeds):
                 seed_dir = run_dir / f"seed{s}" if n_seeds > 1 else run_dir
                 runs.append(SeedRun(exp, dataclasses.replace(cfg, seed=s), seed_dir, data, progress, bars, run_dir))

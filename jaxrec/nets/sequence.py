@@ -10,7 +10,8 @@ Transformer (Vaswani et al. 2017; SASRec, Kang & McAuley 2018), as the seed's ``
 (docs/differences.md#m3s-encoder) with its bugs fixed:
 
 * input = item embedding (zero for PAD) + a learned positional embedding indexed by *recency*
-  (0 = most recent item), so a left-padded window always has its newest item at the same position;
+  (0 = most recent item), so a left-padded window always has its newest item at the same position
+  (``position_origin="first"``: indexed from the window's oldest item instead, SASRec+'s);
 * ``layers`` encoder layers, post-norm (the seed's, ``norm="post"``) or pre-norm, ReLU feed-forward of
   width ``ff_dim`` (the seed inherited PyTorch's 2048), dropout on attention weights and residual
   branches; a final LayerNorm (the seed's ``TransformerEncoder(norm=...)``);
