@@ -19,11 +19,17 @@ Consecutive points whose configs differ only in traced hyper-parameters (``jaxre
 e.g. the lambda grid) train together with their seeds as one vmapped program (``train.seed_batch`` states
 at a time, 0 = all); each point's numbers are those of its own run.
 
-Grids (all on ``m3s_tdlambda``; OUT defaults to ``runs/ablate-<grid>[-quick]``):
+Grids (OUT defaults to ``runs/ablate-<grid>[-quick]``). On ``m3s_tdlambda``:
   lambda  model.lam in 0, 0.5, 0.8, 1 (one-step TD ... n-step Monte-Carlo targets)
   nsteps  model.n_steps in 1, 3, 6, 10 (n = 1 has no future step, so its self-supervision is off)
   ssl     model.ssl in none, future_states, ahead (without / with multi-step self-supervision)
   doubleq model.double_q in heads, networks, none (how the double-Q estimators are built)
+On ``ddpg_id`` (the tuning of the README, in this order; reference rows ``mf`` and ``popularity``):
+  ddpg_lr       actor_lr x critic_lr in 1e-4, 3e-4, 1e-3 (9 points, one vmapped program)
+  ddpg_target   gamma in 0.5, 0.9 x tau in 0.001, 0.01 (one program)
+  ddpg_explore  sigma in 0.1, 0.5, 1.5 (one program)
+  ddpg_critic   srm ave, ave with twin critics, p, u (separate programs)
+  ddpg_envs     (n_envs, updates_per_step, steps) in (1, 1, 100k), (16, 1, 10k), (64, 1, 5k), (64, 4, 5k)
 
 Multimodal grids (on ``ddpg_multimodal``, or ``mf_multimodal`` with ``--exp``; they need ``--features``):
   modalities  every non-empty subset of the modalities in the features directory (manifest order)
@@ -100,6 +106,31 @@ GRIDS = {
     "doubleq": Grid("m3s_tdlambda", "model.double_q",
                     tuple((v, (f"model.double_q={v}",)) for v in ("heads", "networks", "none")),
                     "double Q: two heads on one encoder, two coin-switched networks (SQN, the seed), or none"),
+    # DDPG tuning on ML-1M (issue 11), one grid per group of hyper-parameters; run them in this order, each
+    # with the previous grids' validation winners as --set. mf and popularity are reference rows.
+    "ddpg_lr": Grid("ddpg_id", "model.agent.actor_lr,model.agent.critic_lr",
+                    tuple((f"a{a}_c{c}", (f"model.agent.actor_lr={a}", f"model.agent.critic_lr={c}"))
+                          for a in ("1e-4", "3e-4", "1e-3") for c in ("1e-4", "3e-4", "1e-3")),
+                    "actor x critic Adam learning rates", references=("mf", "popularity")),
+    "ddpg_target": Grid("ddpg_id", "model.agent.gamma,model.agent.tau",
+                        tuple((f"g{g}_tau{t}", (f"model.agent.gamma={g}", f"model.agent.tau={t}"))
+                              for g in ("0.5", "0.9") for t in ("0.001", "0.01")),
+                        "discount x soft target rate", references=("mf", "popularity")),
+    "ddpg_explore": Grid("ddpg_id", "model.agent.sigma",
+                         tuple((f"sigma{v}", (f"model.agent.sigma={v}",)) for v in ("0.1", "0.5", "1.5")),
+                         "exploration noise (tanh actions, the seed's epsilon schedule)", references=("mf", "popularity")),
+    "ddpg_critic": Grid("ddpg_id", "model.agent.srm,model.agent.twin",
+                        tuple((f"{v}{'_twin' if t else ''}", (f"model.agent.srm={v}", f"model.agent.twin={str(t).lower()}"))
+                              for v, t in (("ave", False), ("ave", True), ("p", False), ("u", False))),
+                        "state representation module, clipped double Q", references=("mf", "popularity")),
+    # Parallel users: the same number of sampled transitions per update is not the point; wall time to the
+    # one-user quality is (steps scaled so that every point sees 100k to 320k transitions).
+    "ddpg_envs": Grid("ddpg_id", "model.agent.n_envs,model.agent.updates_per_step",
+                      tuple((f"envs{n}_upd{u}", (f"model.agent.n_envs={n}", f"model.agent.updates_per_step={u}",
+                                                 f"train.steps={steps}", f"train.eval_every={steps // 10}",
+                                                 f"train.ckpt_every={steps // 10}", f"train.log_every={steps // 100}"))
+                            for n, u, steps in ((1, 1, 100_000), (16, 1, 10_000), (64, 1, 5_000), (64, 4, 5_000))),
+                      "parallel users x updates per vectorised step", references=("mf", "popularity")),
 }
 
 
@@ -132,6 +163,12 @@ def value_of(cfg, key: str):
     return obj
 
 
+def grid_value(cfg, grid: Grid):
+    """The point's value of the grid's key, or of its comma-separated keys joined by ' / '."""
+    values = ["+".join(v) if isinstance(v, tuple) else v for v in (value_of(cfg, k) for k in grid.key.split(","))]
+    return values[0] if len(values) == 1 else " / ".join(str(v) for v in values)
+
+
 def run_grid(grid: Grid, args, out: Path, progress=print) -> list[dict]:
     """Runs every point (and the reference rows). Consecutive points whose configs differ only in traced
     hyper-parameters (``C.program_key``; e.g. the lambda grid) train together as one vmapped program of
@@ -156,8 +193,7 @@ def run_grid(grid: Grid, args, out: Path, progress=print) -> list[dict]:
         finals.update(zip(group, results))
     rows = []
     for i, ((label, overrides), cfg) in enumerate(zip(grid.points, cfgs)):
-        value = value_of(cfg, grid.key)
-        rows.append({"label": label, "value": "+".join(value) if isinstance(value, tuple) else value,
+        rows.append({"label": label, "value": grid_value(cfg, grid),
                      "overrides": list(overrides), "final": finals[i], "select": cfg.eval.select,
                      "protocol": cfg.eval.protocols[0]})
     cfg = cfgs[-1]
@@ -263,9 +299,9 @@ def main_args(argv):
     args = p.parse_args(argv)
     if args.grid == "list":
         for name, g in GRIDS.items():
-            print(f"{name:<10} {g.exp}: {g.key} in {', '.join(str(v) for v in (o[0] for _, o in g.points))} ({g.description})")
-        print("modalities ddpg_multimodal|mf_multimodal: every non-empty subset of the --features modalities")
-        print("fusion     ddpg_multimodal|mf_multimodal: early/late x concat/mean")
+            print(f"{name:<12} {g.exp}: {g.key}: {', '.join(label for label, _ in g.points)} ({g.description})")
+        print("modalities   ddpg_multimodal|mf_multimodal: every non-empty subset of the --features modalities")
+        print("fusion       ddpg_multimodal|mf_multimodal: early/late x concat/mean")
         return
     if args.grid not in (*GRIDS, "modalities", "fusion"):
         raise ConfigError("--grid", f"unknown grid {args.grid!r}; known: {', '.join(GRIDS)}, modalities, fusion (or 'list')")

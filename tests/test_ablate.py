@@ -47,6 +47,30 @@ def test_every_point_of_the_issue_grids_is_a_valid_m3s_config(name):
     assert values == expected[name]
 
 
+@pytest.mark.parametrize("name,programs", [("ddpg_lr", 1), ("ddpg_target", 1), ("ddpg_explore", 1), ("ddpg_critic", 4),
+                                           ("ddpg_envs", 4)])
+def test_ddpg_tuning_grids_are_valid_and_traced_points_share_one_program(name, programs):
+    """Each point of a DDPG tuning grid is ddpg_id with the user's --set and its own overrides, nothing else;
+    the learning-rate, target and exploration grids vary traced fields only, so their points form one program."""
+    from experiments.registry import EXPERIMENTS
+
+    from jaxrec import config as C
+
+    grid = ablate.GRIDS[name]
+    user = ["model.agent.sigma=0.5"] if name != "ddpg_explore" else ["model.agent.tau=0.01"]
+    args = argparse.Namespace(quick=False, data=None, seed=None, set=user)
+    base = _flat(C.to_dict(C.apply_overrides(EXPERIMENTS[grid.exp].make_config(), user)))
+    cfgs = [ablate.point_config(EXPERIMENTS[grid.exp], grid, o, args) for _, o in grid.points]
+    for (label, overrides), cfg in zip(grid.points, cfgs):
+        flat = _flat(C.to_dict(cfg))
+        assert {k for k in flat if flat[k] != base[k]} <= {o.split("=")[0] for o in overrides}, label
+        assert flat[user[0].split("=")[0]] == float(user[0].split("=")[1]) and grid.references == ("mf", "popularity")
+    assert len({C.program_key(c) for c in cfgs}) == programs
+    assert len({ablate.grid_value(c, grid) for c in cfgs}) == len(cfgs)
+    if name == "ddpg_lr":
+        assert ablate.grid_value(cfgs[1], grid) == "0.0001 / 0.0003"
+
+
 def test_grid_runs_tables_plot_seeds_ci_and_rerun_reuses_points(data_dir, tmp_path, monkeypatch, capsys):
     grid = ablate.Grid("popularity_seq", "model.exclude_seen",
                        (("seen", ("model.exclude_seen=true",)), ("all", ("model.exclude_seen=false",))), "test grid")

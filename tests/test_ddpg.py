@@ -120,6 +120,32 @@ def test_scan_equals_step_by_step_and_chunking(setup):
     assert int(a.env_steps) == 24
 
 
+def test_updates_per_step_are_that_many_single_updates(setup):
+    """With ``updates_per_step=2`` a step acts and stores exactly as with one update, then updates twice with
+    the two halves of the step's update key (the second on the first's result)."""
+    _, _, train, emb = setup
+    one, two = small_cfg(), small_cfg(updates_per_step=2)
+    init, _, step1 = build(train, one)
+    _, train2, step2 = build(train, two)
+    s0 = jax.jit(lambda s: jax.lax.scan(step1, s, None, length=4)[0])(init(jax.random.key(0), emb))  # replay ready
+    got, _ = jax.jit(step2)(jax.tree.map(jnp.copy, s0), None)
+    # The reference: the same step without its update (an empty-replay check fails), then two updates by hand.
+    key = jax.random.fold_in(jax.random.wrap_key_data(s0.key), s0.step)
+    k_update = jax.random.split(key, 4)[3]
+    acted, _ = jax.jit(step1)(s0.replace(replay=s0.replay.replace(size=jnp.int32(0), ptr=s0.replay.ptr)), None)
+    ref = acted.replace(replay=acted.replay.replace(size=s0.replay.size + 2))
+    update = jax.jit(ddpg.make_update(two))
+    for k in jax.random.split(k_update, 2):
+        ref, _ = update(ref, k)
+    assert int(got.updates) == int(s0.updates) + 2
+    for x, y in zip(jax.tree.leaves((got.actor, got.critic, got.critic_target, got.replay.leaves)),
+                    jax.tree.leaves((ref.actor, ref.critic, ref.critic_target, ref.replay.leaves))):
+        np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(jax.tree.leaves(got.actor)[0], jax.tree.leaves(jax.jit(step1)(s0, None)[0].actor)[0])
+    s, m = train2(init(jax.random.key(0), emb), 6)
+    assert int(s.updates) == 2 * (6 - 3) and np.isfinite(m["critic_loss"])
+
+
 def test_seeds_reproduce_and_differ(setup):
     _, _, train, emb = setup
     init, train_fn, _ = build(train, small_cfg())

@@ -6,8 +6,8 @@ and counters; the hyper-parameters a sweep varies are in it too (``hyper``, ``DD
 ``make_train(cfg, ...)`` returns pure ``(init, train)`` where ``train(state, n)`` runs ``n`` steps in one
 ``lax.scan`` (the caller jits it, or vmaps it over seeds or grid points first): each step acts for every
 parallel user, steps the simulator, stores the transitions, restarts finished episodes and makes one
-batched update (the seed's one update per environment step). Randomness is ``fold_in(key, step)``, so
-any chunking of the steps (and resuming from a checkpoint) gives identical results.
+batched update (the seed's one update per environment step; ``updates_per_step`` for more). Randomness
+is ``fold_in(key, step)``, so any chunking of the steps (and resuming from a checkpoint) gives identical results.
 
 Losses (the seed's, corrected where marked; ids are rows of docs/differences.md):
 * critic: importance-weighted MSE to ``y = r + gamma (1 - terminal) Q'(s', mu'(s'))`` (DDPG eq. 4-5);
@@ -64,6 +64,9 @@ class DDPGConfig:
     """Replay minibatch size."""
     n_envs: int = 1
     """Parallel users (simulator episodes) per vectorised environment step; 1 = the seed's loop."""
+    updates_per_step: int = 1
+    """Gradient updates per vectorised environment step (1 = the seed's one update per step); with many
+    parallel users, more updates per step keep the replay ratio (updates per stored transition) higher."""
     replay_capacity: int = 100_000
     """Replay buffer size in transitions."""
     prioritized: bool = True
@@ -111,6 +114,8 @@ class DDPGConfig:
 
         if self.n_envs < 1 or self.batch_size < 1 or self.replay_capacity < self.batch_size:
             raise ConfigError("model", "need n_envs >= 1, batch_size >= 1 and replay_capacity >= batch_size")
+        if self.updates_per_step < 1:
+            raise ConfigError("model.agent.updates_per_step", f"{self.updates_per_step}, expected >= 1")
         if self.twin and self.faithful_target:
             raise ConfigError("model.faithful_target", "cannot be combined with model.twin")
 
@@ -278,6 +283,13 @@ def make_step(cfg: DDPGConfig, sim: sim_lib.SimData, sim_cfg: sim_lib.SimConfig,
                       in_axes=(None, 0, 0, None))
     v_sample_user = jax.vmap(sim_lib.sample_user, in_axes=(None, 0))
 
+    def updates(state: TrainingState, key: jax.Array):
+        """``updates_per_step`` updates in a row (their mean losses); one update uses ``key`` itself."""
+        if cfg.updates_per_step == 1:
+            return update(state, key)
+        state, losses = jax.lax.scan(update, state, jax.random.split(key, cfg.updates_per_step))
+        return state, jax.tree.map(jnp.mean, losses)
+
     def init(key: jax.Array, emb: Embeddings) -> TrainingState:
         chex.assert_shape(emb.item, (None, d))
         k_actor, k_critic, k_users, k_run = jax.random.split(key, 4)
@@ -324,7 +336,7 @@ def make_step(cfg: DDPGConfig, sim: sim_lib.SimData, sim_cfg: sim_lib.SimConfig,
                               env_steps=state.env_steps + cfg.n_envs)
         ready = replay.size >= cfg.batch_size
         zero = {"critic_loss": jnp.float32(0), "actor_loss": jnp.float32(0), "q": jnp.float32(0)}
-        state, losses = jax.lax.cond(ready, update, lambda s, k: (s, zero), state, k_update)
+        state, losses = jax.lax.cond(ready, updates, lambda s, k: (s, zero), state, k_update)
         finished = jnp.sum(done)
         metrics = {**losses, "updated": ready.astype(jnp.float32), "reward": jnp.mean(reward),
                    "episodes": finished.astype(jnp.float32),
