@@ -2,7 +2,7 @@
 trained one after another, in one process (training steps per second, all seeds together).
 
   python benchmarks/seed_sweep.py [--quick] [--exps ddpg_id,m3s_tdlambda] [--seeds 8] [--repeats R]
-                                  [--data DIR] [--set a.b=value ...]
+                                  [--data DIR] [--set a.b=value ...] [--trace]
 
 Methodology
 -----------
@@ -17,13 +17,23 @@ Methodology
    other processes hits both alike. A repeat of the baseline trains each of the N seeds one chunk of K steps;
    a repeat of ours trains all N seeds one chunk of K steps; both are timed to ``block_until_ready``. The
    rate is N x K / wall seconds; reported numbers are MEDIANS over repeats.
-4. Output: one JSON line per experiment (docs/design.md, section 7): ``seed_sweep_<exp>``, ``ours`` = vmapped
+4. ``--trace``: one more chunk per side under ``jax.profiler``; the trace's XLA kernels are summed per side
+   (``kernel_ms``) and those that are matmuls (``dot`` and the XNNPACK ``ynn_fusion`` kernels, which hold the
+   dense layers) apart (``matmul_ms``). Equal sums on both sides mean batching seeds did not make the kernels
+   cheaper, and ``kernel / matmul`` of the sequential side bounds the ratio batching could reach by
+   removing everything except the matmuls (a batch of seeds is a batch of distinct weight matrices: its
+   matmuls are as many and as large as the sequential side's). Profiling slows both sides, so these
+   figures explain the ratio; they are not the ratio.
+5. Output: one JSON line per experiment (docs/design.md, section 7): ``seed_sweep_<exp>``, ``ours`` = vmapped
    seed-steps/s, ``baseline`` = one-after-another seed-steps/s, ``ratio`` = ours / baseline; goal >= 2 on a
    2-core CPU (a batch-64 DDPG update or a batch-2048 M3S step leaves most of the CPU's vector units idle
    between small matmuls; a batch of seeds fills them; far more on a GPU).
 """
 from __future__ import annotations
 
+import collections
+import glob
+import gzip
 import json
 import statistics
 import sys
@@ -87,6 +97,23 @@ class Sweep:
         return time.perf_counter() - t0
 
 
+def kernel_times(run) -> dict:
+    """Summed XLA kernel milliseconds of one ``run()`` under ``jax.profiler`` (all kernels, and matmuls)."""
+    with tempfile.TemporaryDirectory() as d:
+        with jax.profiler.trace(d):
+            run()
+        events = json.load(gzip.open(glob.glob(f"{d}/**/*.trace.json.gz", recursive=True)[0]))["traceEvents"]
+    total = collections.Counter()
+    for e in events:
+        name = e.get("name", "")
+        # Python frames ($file:line), the executor and dispatch wrappers span the kernels: not kernels.
+        if e.get("ph") == "X" and not name.startswith("$") and not any(
+                w in name for w in ("Thunk", "Pjit", "np.asarray", "PjRt")):
+            total[name] += e["dur"]
+    matmul = sum(t for n, t in total.items() if n.startswith(("dot", "ynn_fusion")))
+    return {"kernel_ms": round(sum(total.values()) / 1e3, 1), "matmul_ms": round(matmul / 1e3, 1)}
+
+
 def parse_args(argv=None):
     """The flags, checked (InputError naming the flag) before anything is built or timed."""
     p = ArgParser(prog="seed_sweep.py", description=__doc__.split("\n\n")[0])
@@ -97,6 +124,7 @@ def parse_args(argv=None):
     p.add_argument("--repeats", type=int, default=None, help="timed repeats per side (default 5; --quick: 2)")
     p.add_argument("--data", default=str(REPO / "data" / "ml-1m"))
     p.add_argument("--set", nargs="*", default=[], metavar="a.b=value", help="config overrides for every experiment")
+    p.add_argument("--trace", action="store_true", help="also sum each side's XLA kernel times under the profiler")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     args = p.parse_args(argv)
     args.repeats = positive("--repeats", args.repeats) or (2 if args.quick else 5)
@@ -141,12 +169,17 @@ def main_args(argv) -> None:
                 for out, timed in (order if r % 2 == 0 else order[::-1]):
                     out.append(args.seeds * chunk / timed())
             load_note(f"{name} after")
+            trace = {}
+            if args.trace:
+                trace = {"trace_sequential": kernel_times(sweep.sequential), "trace_vmapped": kernel_times(sweep.vmapped)}
+                seq_t = trace["trace_sequential"]
+                trace["bound_without_non_matmul"] = round(seq_t["kernel_ms"] / max(seq_t["matmul_ms"], 1e-9), 2)
         ours, base = statistics.median(vm), statistics.median(seq)
         print(json.dumps({
             "metric": f"seed_sweep_{name}", "ours": round(ours, 2), "baseline": round(base, 2),
             "ratio": round(ours / base, 2), "unit": "seed-steps/s", "device": dev, "seeds": args.seeds,
             "chunk": chunk, "repeats": args.repeats, "goal": GOAL,
-            "ours_all": [round(x, 2) for x in vm], "baseline_all": [round(x, 2) for x in seq]}), flush=True)
+            "ours_all": [round(x, 2) for x in vm], "baseline_all": [round(x, 2) for x in seq], **trace}), flush=True)
         del sweep, data
 
 

@@ -57,6 +57,18 @@ def test_curves_average_the_seeds_and_draw_the_published_lines(tmp_path, capsys)
     assert "m: val next_item/ndcg@10 0.1500 (step 10) ... 0.4000 (step 20), best 0.4000" in printed
     assert "o: val next_item/ndcg@10 0.0500 (step 10) ... 0.1500 (step 20)" in printed
     assert out.read_bytes()[:4] == b"\x89PNG"
+    assert "  reaches pub (0.6) never" in printed
+    # Against wall seconds: the seeds' mean wall at each step; the first evaluation whose mean reaches a target.
+    for seed, walls in (("seed0", (4.0, 8.0, 12.0)), ("seed1", (6.0, 10.0))):
+        path = tmp_path / "multi" / seed / "metrics.jsonl"
+        recs = [json.loads(x) for x in path.read_text().splitlines()]
+        for rec in recs:
+            rec["wall_s"] = walls[rec["step"] // 10 - 1]
+        path.write_text("".join(json.dumps(x) + "\n" for x in recs))
+    assert curves_main(["--runs", f"m={tmp_path / 'multi'}", "--ref", "t=0.3", "--x", "wall_s", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "m: val next_item/ndcg@10 0.1500 (wall_s 5) ... 0.4000 (wall_s 9)" in printed
+    assert "  reaches t (0.3) at wall_s 9" in printed
     (tmp_path / "bad").mkdir()
     (tmp_path / "bad" / "metrics.jsonl").write_text('{"step": 1}\nnot json\n')
     assert curves_main(["--runs", f"b={tmp_path / 'bad'}", "--out", str(tmp_path / "b.png")]) == 2
