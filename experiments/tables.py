@@ -62,6 +62,11 @@ DRR_ROWS = (Row("popularity", "ml1m/popularity", "popularity"), Row("mf", "ml1m/
             Row("ddpg_id", "ml1m/ddpg_id", "ddpg_id"))
 UNIT = Row("ddpg_id, unit actions (sigma 0.1)", "ml1m/ddpg_id-unit", "ddpg_id",
            sets=("model.agent.action=unit", "model.agent.sigma=0.1"))
+DDPG_TUNED = ("model.agent.actor_lr=1e-4", "model.agent.critic_lr=3e-4", "model.agent.gamma=0.5", "model.agent.tau=0.01")
+"""The validation winner of the README's ddpg_id tuning (ablate.py's ddpg_* grids); the rest as registered."""
+DDPG_64X4 = ("model.agent.n_envs=64", "model.agent.updates_per_step=4", "train.steps=5000", "train.eval_every=500",
+             "train.ckpt_every=500", "train.log_every=50")
+"""64 parallel users and 4 updates per vectorised step: the ddpg_envs grid's fastest point to the one-user quality."""
 SEQ_STEPS = ("train.eval_every=500",)
 ABLATION = ("train.steps=2000", "train.eval_every=500", "train.ckpt_every=500")
 
@@ -112,6 +117,10 @@ def _ablations() -> tuple[Row, ...]:
 
 TABLES = (
     Table("ml1m-drr", DRR_ROWS, "drr:precision@5,drr:ndcg@5,drr:precision@10,drr:ndcg@10,full:hr@10,full:ndcg@10"),
+    Table("ml1m-ddpg-tuned", (*DRR_ROWS, Row("ddpg_id, tuned", "ml1m/ddpg_id-tuned", "ddpg_id", sets=DDPG_TUNED),
+                              Row("ddpg_id, tuned, 64 users x 4 updates, 5k steps", "ml1m/ddpg_id-tuned-64x4", "ddpg_id",
+                                  sets=(*DDPG_TUNED, *DDPG_64X4))),
+          "drr:precision@10,drr:ndcg@10,full:hr@10,full:ndcg@10"),
     Table("ml1m-vectorised", (
         Row("1 user, 100k steps", "ml1m/ddpg_id", "ddpg_id", report_dir="ml1m/ddpg_id/seed0"),
         Row("64 users, 5k steps", "ml1m/ddpg_id-64x5k", "ddpg_id", seeds=1,
