@@ -1,7 +1,7 @@
 """Runs an ablation grid of an experiment and tabulates it (docs/design.md, section 4).
 
   python experiments/ablate.py --grid=lambda|nsteps|ssl|doubleq [--data DIR] [--out DIR] [--seed N] [--seeds N]
-                               [--quick] [--set a.b=value ...] [--metrics hr@10,ndcg@10]
+                               [--quick] [--set a.b=value ...] [--metrics METRICS (default the grid's)]
   python experiments/ablate.py --grid=modalities|fusion --features DIR [--exp ddpg_multimodal|mf_multimodal] ...
   python experiments/ablate.py --grid=list
   ... [--devices N] [--coordinator HOST:PORT --num-processes N --process-id I | --distributed]   (as run.py)
@@ -65,7 +65,12 @@ class Grid:
     description: str
     references: tuple[str, ...] = ()
     """Experiments run once as reference rows on the grid's split, relevance and protocols."""
+    metrics: str = "hr@10,ndcg@10"
+    """Default ``--metrics`` (``DDPG_METRICS`` on the DDPG experiments)."""
 
+
+DDPG_METRICS = "full:ndcg@10,full:hr@10"
+"""Default metrics of grids on the DDPG experiments, whose first protocol (``drr``) has no hr@K."""
 
 MULTIMODAL = {"ddpg_multimodal": ("model.embed.", "ddpg_id"), "mf_multimodal": ("model.", "mf")}
 """Multimodal experiment -> (prefix of its embedding config keys, its ID-only counterpart)."""
@@ -76,11 +81,12 @@ def multimodal_grid(name: str, exp: str, features: str | None) -> Grid:
     if exp not in MULTIMODAL:
         raise ConfigError("--exp", f"{exp!r}: the {name} grid runs on one of {', '.join(MULTIMODAL)}")
     prefix, id_only = MULTIMODAL[exp]
+    metrics = DDPG_METRICS if exp == "ddpg_multimodal" else Grid.metrics
     if name == "fusion":
         points = tuple((f"{f}_{p}", (f"{prefix}fusion={f}", f"{prefix}pool={p}"))
                        for f in ("early", "late") for p in ("concat", "mean"))
         return Grid(exp, f"{prefix}fusion", points, "fusion x pooling of the item features",
-                    references=(id_only, "popularity"))
+                    references=(id_only, "popularity"), metrics=metrics)
     if not features:
         raise ConfigError("--features", "the modalities grid takes its modalities from a features directory")
     from jaxrec.features.store import read_manifest
@@ -89,7 +95,7 @@ def multimodal_grid(name: str, exp: str, features: str | None) -> Grid:
     subsets = [c for r in range(1, len(names) + 1) for c in itertools.combinations(names, r)]
     points = tuple(("+".join(c), (f"{prefix}modalities={','.join(c)}",)) for c in subsets)
     return Grid(exp, f"{prefix}modalities", points, "modalities used by the item tower (every non-empty subset)",
-                references=(id_only, "popularity"))
+                references=(id_only, "popularity"), metrics=metrics)
 
 
 GRIDS = {
@@ -111,18 +117,20 @@ GRIDS = {
     "ddpg_lr": Grid("ddpg_id", "model.agent.actor_lr,model.agent.critic_lr",
                     tuple((f"a{a}_c{c}", (f"model.agent.actor_lr={a}", f"model.agent.critic_lr={c}"))
                           for a in ("1e-4", "3e-4", "1e-3") for c in ("1e-4", "3e-4", "1e-3")),
-                    "actor x critic Adam learning rates", references=("mf", "popularity")),
+                    "actor x critic Adam learning rates", references=("mf", "popularity"), metrics=DDPG_METRICS),
     "ddpg_target": Grid("ddpg_id", "model.agent.gamma,model.agent.tau",
                         tuple((f"g{g}_tau{t}", (f"model.agent.gamma={g}", f"model.agent.tau={t}"))
                               for g in ("0.5", "0.9") for t in ("0.001", "0.01")),
-                        "discount x soft target rate", references=("mf", "popularity")),
+                        "discount x soft target rate", references=("mf", "popularity"), metrics=DDPG_METRICS),
     "ddpg_explore": Grid("ddpg_id", "model.agent.sigma",
                          tuple((f"sigma{v}", (f"model.agent.sigma={v}",)) for v in ("0.1", "0.5", "1.5")),
-                         "exploration noise (tanh actions, the seed's epsilon schedule)", references=("mf", "popularity")),
+                         "exploration noise (tanh actions, the seed's epsilon schedule)", references=("mf", "popularity"),
+                         metrics=DDPG_METRICS),
     "ddpg_critic": Grid("ddpg_id", "model.agent.srm,model.agent.twin",
                         tuple((f"{v}{'_twin' if t else ''}", (f"model.agent.srm={v}", f"model.agent.twin={str(t).lower()}"))
                               for v, t in (("ave", False), ("ave", True), ("p", False), ("u", False))),
-                        "state representation module, clipped double Q", references=("mf", "popularity")),
+                        "state representation module, clipped double Q", references=("mf", "popularity"),
+                        metrics=DDPG_METRICS),
     # Parallel users: the same number of sampled transitions per update is not the point; wall time to the
     # one-user quality is (steps scaled so that every point sees 100k to 320k transitions).
     "ddpg_envs": Grid("ddpg_id", "model.agent.n_envs,model.agent.updates_per_step",
@@ -130,7 +138,8 @@ GRIDS = {
                                                  f"train.steps={steps}", f"train.eval_every={steps // 10}",
                                                  f"train.ckpt_every={steps // 10}", f"train.log_every={steps // 100}"))
                             for n, u, steps in ((1, 1, 100_000), (16, 1, 10_000), (64, 1, 5_000), (64, 4, 5_000))),
-                      "parallel users x updates per vectorised step", references=("mf", "popularity")),
+                      "parallel users x updates per vectorised step", references=("mf", "popularity"),
+                      metrics=DDPG_METRICS),
 }
 
 
@@ -293,8 +302,8 @@ def main_args(argv):
     p.add_argument("--quick", action="store_true", help="each point with the experiment's --quick config")
     add_process_flags(p)
     p.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE", help="overrides for every point")
-    p.add_argument("--metrics", default="hr@10,ndcg@10",
-                   help="test metrics of the table and plot: METRIC (the first protocol's) or PROTOCOL:METRIC")
+    p.add_argument("--metrics", help="test metrics of the table and plot: METRIC (the first protocol's) or "
+                                      "PROTOCOL:METRIC (default: the grid's, hr@10,ndcg@10 for most)")
     p.add_argument("--debug", action="store_true")
     args = p.parse_args(argv)
     if args.grid == "list":
@@ -315,6 +324,7 @@ def main_args(argv):
     out = Path(args.out) if args.out else Path("runs") / f"ablate-{args.grid}{'-quick' if args.quick else ''}"
     if out.exists() and not out.is_dir():
         raise InputError("--out", f"{out} exists and is not a directory")
+    args.metrics = args.metrics if args.metrics is not None else grid.metrics
     metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
     if not metrics:
         raise ConfigError("--metrics", f"{args.metrics!r}, expected comma-separated metric names")

@@ -66,6 +66,8 @@ def test_ddpg_tuning_grids_are_valid_and_traced_points_share_one_program(name, p
         assert {k for k in flat if flat[k] != base[k]} <= {o.split("=")[0] for o in overrides}, label
         assert flat[user[0].split("=")[0]] == float(user[0].split("=")[1]) and grid.references == ("mf", "popularity")
     assert len({C.program_key(c) for c in cfgs}) == programs
+    # The DDPG experiments' first protocol (drr) has no hr@K: the default metrics name the full protocol's.
+    assert grid.metrics == "full:ndcg@10,full:hr@10" and cfgs[0].eval.protocols[0] == "drr"
     assert len({ablate.grid_value(c, grid) for c in cfgs}) == len(cfgs)
     if name == "ddpg_lr":
         assert ablate.grid_value(cfgs[1], grid) == "0.0001 / 0.0003"
@@ -114,6 +116,7 @@ def test_multimodal_grids_cover_every_subset_and_carry_reference_rows(tmp_path, 
     assert [label for label, _ in grid.points] == ["text", "noise", "meta", "text+noise", "text+meta", "noise+meta",
                                                    "text+noise+meta"]
     assert grid.points[3][1] == ("model.embed.modalities=text,noise",) and grid.references == ("ddpg_id", "popularity")
+    assert grid.metrics == "full:ndcg@10,full:hr@10" and ablate.multimodal_grid("fusion", "mf_multimodal", None).metrics == "hr@10,ndcg@10"
     fusion = ablate.multimodal_grid("fusion", "mf_multimodal", None)
     assert [o for _, o in fusion.points][-1] == ("model.fusion=late", "model.pool=mean")
     out = tmp_path / "out"
