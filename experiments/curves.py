@@ -5,9 +5,9 @@
 
 Each DIR is a run directory: one seed (its ``metrics.jsonl``) or ``--seeds N`` (its ``seed*/metrics.jsonl``).
 A run's curve is the mean over its seeds of ``PART/PROTOCOL/METRIC`` at every evaluated step (only the steps
-every seed reached), with the seeds' range shaded; ``--ref`` draws a horizontal line per published value (or target) and prints
-where each run's curve first reaches it. ``--x wall_s``: against the run's wall seconds at each evaluation
-(the seeds' mean), to compare configurations by time to a quality rather than by steps.
+every seed reached), with the seeds' range shaded; ``--ref`` draws a horizontal line per published value (or
+target) and prints where each run's curve first reaches it. ``--x wall_s``: against the run's wall seconds at
+each evaluation (the seeds' mean), to compare configurations by time to a quality rather than by steps.
 """
 from __future__ import annotations
 

@@ -129,10 +129,11 @@ def test_updates_per_step_are_that_many_single_updates(setup):
     _, train2, step2 = build(train, two)
     s0 = jax.jit(lambda s: jax.lax.scan(step1, s, None, length=4)[0])(init(jax.random.key(0), emb))  # replay ready
     got, _ = jax.jit(step2)(jax.tree.map(jnp.copy, s0), None)
-    # The reference: the same step without its update (an empty-replay check fails), then two updates by hand.
+    # The reference: the same step with the replay marked empty (it acts and stores the transitions but does not
+    # update: fewer than batch_size rows), its true size restored, then two updates by hand.
     key = jax.random.fold_in(jax.random.wrap_key_data(s0.key), s0.step)
     k_update = jax.random.split(key, 4)[3]
-    acted, _ = jax.jit(step1)(s0.replace(replay=s0.replay.replace(size=jnp.int32(0), ptr=s0.replay.ptr)), None)
+    acted, _ = jax.jit(step1)(s0.replace(replay=s0.replay.replace(size=jnp.int32(0))), None)
     ref = acted.replace(replay=acted.replay.replace(size=s0.replay.size + 2))
     update = jax.jit(ddpg.make_update(two))
     for k in jax.random.split(k_update, 2):
