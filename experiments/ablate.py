@@ -98,6 +98,12 @@ def multimodal_grid(name: str, exp: str, features: str | None) -> Grid:
                 references=(id_only, "popularity"), metrics=metrics)
 
 
+def ddpg_grid(key: str, points, description: str) -> Grid:
+    """A ``ddpg_id`` tuning grid: ``mf`` (what the embeddings come from) and ``popularity`` as reference rows,
+    the full protocol's metrics."""
+    return Grid("ddpg_id", key, points, description, references=("mf", "popularity"), metrics=DDPG_METRICS)
+
+
 GRIDS = {
     "lambda": Grid("m3s_tdlambda", "model.lam",
                    tuple((f"lam{v}", (f"model.lam={v}",)) for v in ("0.0", "0.5", "0.8", "1.0")),
@@ -113,33 +119,32 @@ GRIDS = {
                     tuple((v, (f"model.double_q={v}",)) for v in ("heads", "networks", "none")),
                     "double Q: two heads on one encoder, two coin-switched networks (SQN, the seed), or none"),
     # DDPG tuning on ML-1M (issue 11), one grid per group of hyper-parameters; run them in this order, each
-    # with the previous grids' validation winners as --set. mf and popularity are reference rows.
-    "ddpg_lr": Grid("ddpg_id", "model.agent.actor_lr,model.agent.critic_lr",
-                    tuple((f"a{a}_c{c}", (f"model.agent.actor_lr={a}", f"model.agent.critic_lr={c}"))
-                          for a in ("1e-4", "3e-4", "1e-3") for c in ("1e-4", "3e-4", "1e-3")),
-                    "actor x critic Adam learning rates", references=("mf", "popularity"), metrics=DDPG_METRICS),
-    "ddpg_target": Grid("ddpg_id", "model.agent.gamma,model.agent.tau",
-                        tuple((f"g{g}_tau{t}", (f"model.agent.gamma={g}", f"model.agent.tau={t}"))
-                              for g in ("0.5", "0.9") for t in ("0.001", "0.01")),
-                        "discount x soft target rate", references=("mf", "popularity"), metrics=DDPG_METRICS),
-    "ddpg_explore": Grid("ddpg_id", "model.agent.sigma",
-                         tuple((f"sigma{v}", (f"model.agent.sigma={v}",)) for v in ("0.1", "0.5", "1.5")),
-                         "exploration noise (tanh actions, the seed's epsilon schedule)", references=("mf", "popularity"),
-                         metrics=DDPG_METRICS),
-    "ddpg_critic": Grid("ddpg_id", "model.agent.srm,model.agent.twin",
-                        tuple((f"{v}{'_twin' if t else ''}", (f"model.agent.srm={v}", f"model.agent.twin={str(t).lower()}"))
-                              for v, t in (("ave", False), ("ave", True), ("p", False), ("u", False))),
-                        "state representation module, clipped double Q", references=("mf", "popularity"),
-                        metrics=DDPG_METRICS),
+    # with the previous grids' validation winners as --set.
+    "ddpg_lr": ddpg_grid("model.agent.actor_lr,model.agent.critic_lr",
+                         tuple((f"a{a}_c{c}", (f"model.agent.actor_lr={a}", f"model.agent.critic_lr={c}"))
+                               for a in ("1e-4", "3e-4", "1e-3") for c in ("1e-4", "3e-4", "1e-3")),
+                         "actor x critic Adam learning rates"),
+    "ddpg_target": ddpg_grid("model.agent.gamma,model.agent.tau",
+                             tuple((f"g{g}_tau{t}", (f"model.agent.gamma={g}", f"model.agent.tau={t}"))
+                                   for g in ("0.5", "0.9") for t in ("0.001", "0.01")),
+                             "discount x soft target rate"),
+    "ddpg_explore": ddpg_grid("model.agent.sigma",
+                              tuple((f"sigma{v}", (f"model.agent.sigma={v}",)) for v in ("0.1", "0.5", "1.5")),
+                              "exploration noise (tanh actions, the seed's epsilon schedule)"),
+    "ddpg_critic": ddpg_grid("model.agent.srm,model.agent.twin",
+                             tuple((f"{v}{'_twin' if t else ''}",
+                                    (f"model.agent.srm={v}", f"model.agent.twin={str(t).lower()}"))
+                                   for v, t in (("ave", False), ("ave", True), ("p", False), ("u", False))),
+                             "state representation module, clipped double Q"),
     # Parallel users: the same number of sampled transitions per update is not the point; wall time to the
     # one-user quality is (steps scaled so that every point sees 100k to 320k transitions).
-    "ddpg_envs": Grid("ddpg_id", "model.agent.n_envs,model.agent.updates_per_step",
-                      tuple((f"envs{n}_upd{u}", (f"model.agent.n_envs={n}", f"model.agent.updates_per_step={u}",
-                                                 f"train.steps={steps}", f"train.eval_every={steps // 10}",
-                                                 f"train.ckpt_every={steps // 10}", f"train.log_every={steps // 100}"))
-                            for n, u, steps in ((1, 1, 100_000), (16, 1, 10_000), (64, 1, 5_000), (64, 4, 5_000))),
-                      "parallel users x updates per vectorised step", references=("mf", "popularity"),
-                      metrics=DDPG_METRICS),
+    "ddpg_envs": ddpg_grid("model.agent.n_envs,model.agent.updates_per_step",
+                           tuple((f"envs{n}_upd{u}", (f"model.agent.n_envs={n}", f"model.agent.updates_per_step={u}",
+                                                      f"train.steps={steps}", f"train.eval_every={steps // 10}",
+                                                      f"train.ckpt_every={steps // 10}",
+                                                      f"train.log_every={steps // 100}"))
+                                 for n, u, steps in ((1, 1, 100_000), (16, 1, 10_000), (64, 1, 5_000), (64, 4, 5_000))),
+                           "parallel users x updates per vectorised step"),
 }
 
 

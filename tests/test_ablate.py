@@ -116,8 +116,8 @@ def test_multimodal_grids_cover_every_subset_and_carry_reference_rows(tmp_path, 
     assert [label for label, _ in grid.points] == ["text", "noise", "meta", "text+noise", "text+meta", "noise+meta",
                                                    "text+noise+meta"]
     assert grid.points[3][1] == ("model.embed.modalities=text,noise",) and grid.references == ("ddpg_id", "popularity")
-    assert grid.metrics == "full:ndcg@10,full:hr@10" and ablate.multimodal_grid("fusion", "mf_multimodal", None).metrics == "hr@10,ndcg@10"
     fusion = ablate.multimodal_grid("fusion", "mf_multimodal", None)
+    assert grid.metrics == "full:ndcg@10,full:hr@10" and fusion.metrics == "hr@10,ndcg@10"
     assert [o for _, o in fusion.points][-1] == ("model.fusion=late", "model.pool=mean")
     out = tmp_path / "out"
     args = ["--grid=fusion", "--exp", "mf_multimodal", "--data", str(data), "--features", str(features), "--out", str(out),
