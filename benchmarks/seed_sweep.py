@@ -1,8 +1,8 @@
 """Seeds in one program: N seeds of one configuration trained as ONE vmapped program against the same N seeds
 trained one after another, in one process (training steps per second, all seeds together).
 
-  python benchmarks/seed_sweep.py [--quick] [--exps ddpg_id,m3s_tdlambda] [--seeds 8] [--repeats R]
-                                  [--data DIR] [--set a.b=value ...] [--trace]
+  python benchmarks/seed_sweep.py [--quick] [--exps ddpg_id,m3s_tdlambda] [--seeds 8] [--seed-devices N]
+                                  [--repeats R] [--data DIR] [--set a.b=value ...] [--trace]
 
 Methodology
 -----------
@@ -12,7 +12,15 @@ Methodology
 2. Both sides run the experiment's own trainer, i.e. what ``run.py --seeds N`` runs: the baseline is
    ``trainer.train(state, K)`` for each seed in turn (the program ``train.seed_batch=1`` runs), ours is
    ``trainer.train_seeds(stacked_states, K)`` (``jaxrec.seeds``: one ``vmap`` over the seed axis, one jit).
-   Both are compiled and warmed up with one untimed chunk outside the timed region.
+   Both are compiled and warmed up with one untimed chunk outside the timed region. ``--seed-devices N``
+   (``train.seed_devices``): ours splits the vmapped seeds over N devices, each training N-th of them (on a
+   CPU, N of XLA's host devices, which the script creates before JAX starts); the baseline stays one seed at
+   a time on one device, exactly as before. Forcing N host devices slows that one-device baseline (the CPU's
+   threads are divided among the devices: ``ddpg_id`` 1,265 seed-steps/s with 1 device, 1,045 with 4, 776
+   with 8), which would flatter the in-process ratio; so the baseline is ALSO measured in a child process
+   with JAX's default single CPU device (the same chunks and repeats, right after the parent's), reported as
+   ``baseline_1dev`` and ``ratio_1dev`` = ours / baseline_1dev: the ratio that counts, against the best
+   one-after-another run this machine can do.
 3. Repeats (default 5; ``--quick`` 2, with shorter chunks) alternate which side goes first, so load from
    other processes hits both alike. A repeat of the baseline trains each of the N seeds one chunk of K steps;
    a repeat of ours trains all N seeds one chunk of K steps; both are timed to ``block_until_ready``. The
@@ -27,18 +35,24 @@ Methodology
    figures explain the ratio; they are not the ratio.
 5. Output: one JSON line per experiment (docs/design.md, section 7): ``seed_sweep_<exp>``, ``ours`` = vmapped
    seed-steps/s, ``baseline`` = one-after-another seed-steps/s, ``ratio`` = ours / baseline; the issue's goal
-   is >= 2 on a 2-core CPU. Measured there: 0.82-1.00, with equal kernel sums on both sides (``--trace``):
-   a batch of seeds is a batch of distinct matmuls, each as costly as alone on a CPU; the gain is expected
-   on accelerators, where one seed's batch-64 update leaves most of the chip idle.
+   is >= 2 on a 2-core CPU. With ``--seed-devices N`` the metric is ``seed_sweep_<exp>_<N>dev``. Measured
+   there on one device: 0.82-1.00, with equal kernel sums on both sides (``--trace``): a batch of seeds is a
+   batch of distinct matmuls, each as costly as alone on a CPU, and one XLA CPU device runs a program's
+   kernels one after another, each too small to use the second core. Split over 2 host devices (one per
+   core): see README, Benchmarks. The gain is expected on accelerators, where one seed's batch-64 update
+   leaves most of the chip idle.
 """
 from __future__ import annotations
 
+import argparse
 import collections
 import functools
 import glob
 import gzip
 import json
+import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -46,6 +60,22 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+
+
+def host_devices(argv: list[str]) -> None:
+    """``--seed-devices N`` on a CPU needs N of XLA's host devices, whose number is fixed when JAX starts:
+    sets ``XLA_FLAGS`` before the import unless the caller already chose a count (invalid values are left
+    for the parser to refuse)."""
+    for i, arg in enumerate(argv):
+        value = argv[i + 1] if arg == "--seed-devices" and i + 1 < len(argv) else (
+            arg.split("=", 1)[1] if arg.startswith("--seed-devices=") else "")
+        flags = os.environ.get("XLA_FLAGS", "")
+        if value.isdigit() and int(value) > 1 and "xla_force_host_platform_device_count" not in flags:
+            os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={value}".strip()
+
+
+if __name__ == "__main__":
+    host_devices(sys.argv[1:])
 
 import jax  # noqa: E402
 
@@ -125,15 +155,23 @@ def parse_args(argv=None):
     p.add_argument("--exps", default="ddpg_id,m3s_tdlambda",
                    help="comma-separated experiments (default ddpg_id,m3s_tdlambda)")
     p.add_argument("--seeds", type=int, default=8, help="seeds per side (default 8)")
+    p.add_argument("--seed-devices", type=int, default=1,
+                   help="devices the vmapped seeds are split over (train.seed_devices; default 1)")
     p.add_argument("--repeats", type=int, default=None, help="timed repeats per side (default 5; --quick: 2)")
     p.add_argument("--data", default=str(REPO / "data" / "ml-1m"))
     p.add_argument("--set", nargs="*", default=[], metavar="a.b=value", help="config overrides for every experiment")
     p.add_argument("--trace", action="store_true", help="also sum each side's XLA kernel times under the profiler")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
+    p.add_argument("--sequential-only", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     args.repeats = positive("--repeats", args.repeats) or (2 if args.quick else 5)
     if positive("--seeds", args.seeds) < 2:
         raise InputError("--seeds", f"{args.seeds}, expected at least 2 seeds to batch")
+    if positive("--seed-devices", args.seed_devices) and args.seeds % args.seed_devices:
+        raise InputError("--seed-devices", f"{args.seed_devices} does not divide --seeds {args.seeds}")
+    if args.seed_devices > len(jax.devices()):
+        raise InputError("--seed-devices", f"{args.seed_devices} requested but only {len(jax.devices())} devices "
+                                           f"exist (XLA_FLAGS already fixes the CPU's host devices: unset it)")
     from experiments.registry import EXPERIMENTS
 
     args.exps = [e for e in args.exps.split(",") if e]
@@ -146,7 +184,8 @@ def parse_args(argv=None):
 def config(name: str, args) -> C.Config:
     from experiments.registry import EXPERIMENTS
 
-    overrides = [f"data.path={args.data}"] + (["model.embed.seed=0"] if name == "ddpg_id" else [])
+    overrides = ([f"data.path={args.data}", f"train.seed_devices={args.seed_devices}"]
+                 + (["model.embed.seed=0"] if name == "ddpg_id" else []))
     return C.apply_overrides(EXPERIMENTS[name].make_config(), overrides + list(args.set))
 
 
@@ -170,9 +209,16 @@ def main_args(argv) -> None:
             seq, vm = [], []
             for r in range(args.repeats):
                 order = ((seq, sweep.sequential), (vm, sweep.vmapped))
+                if args.sequential_only:
+                    order = order[:1]
                 for out, timed in (order if r % 2 == 0 else order[::-1]):
                     out.append(args.seeds * chunk / timed())
             load_note(f"{name} after")
+            if args.sequential_only:
+                print(json.dumps({"metric": f"seed_sweep_{name}_sequential", "baseline": statistics.median(seq),
+                                  "baseline_all": seq}), flush=True)
+                del sweep, data
+                continue
             trace = {}
             if args.trace:
                 # Short chunks: the profiler keeps a bounded number of events (a ddpg_id step is ~1,200 kernels).
@@ -183,12 +229,33 @@ def main_args(argv) -> None:
                 seq_t = trace["trace_sequential"]
                 trace["bound_without_non_matmul"] = round(seq_t["kernel_ms"] / max(seq_t["matmul_ms"], 1e-9), 2)
         ours, base = statistics.median(vm), statistics.median(seq)
+        suffix, alone = "", {}
+        if args.seed_devices > 1:
+            suffix = f"_{args.seed_devices}dev"
+            one = sequential_alone(name, args)
+            alone = {"baseline_1dev": round(one, 2), "ratio_1dev": round(ours / one, 2)}
         print(json.dumps({
-            "metric": f"seed_sweep_{name}", "ours": round(ours, 2), "baseline": round(base, 2),
+            "metric": f"seed_sweep_{name}{suffix}", "ours": round(ours, 2), "baseline": round(base, 2),
             "ratio": round(ours / base, 2), "unit": "seed-steps/s", "device": dev, "seeds": args.seeds,
+            "seed_devices": args.seed_devices,
             "chunk": chunk, "repeats": args.repeats, "goal": GOAL,
-            "ours_all": [round(x, 2) for x in vm], "baseline_all": [round(x, 2) for x in seq], **trace}), flush=True)
+            "ours_all": [round(x, 2) for x in vm], "baseline_all": [round(x, 2) for x in seq], **alone, **trace}),
+            flush=True)
         del sweep, data
+
+
+def sequential_alone(name: str, args) -> float:
+    """The one-after-another rate (median seed-steps/s) of a child process of this script with JAX's default
+    CPU devices (no forced host devices), the same seeds, chunks and repeats."""
+    flags = " ".join(f for f in os.environ.get("XLA_FLAGS", "").split()
+                     if "xla_force_host_platform_device_count" not in f)
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--sequential-only", "--exps", name, "--seeds",
+           str(args.seeds), "--repeats", str(args.repeats), "--data", args.data, "--set", *args.set]
+    res = subprocess.run(cmd + (["--quick"] if args.quick else []), env={**os.environ, "XLA_FLAGS": flags},
+                         capture_output=True, text=True)
+    if res.returncode:
+        raise RuntimeError(f"the one-device baseline failed: {res.stderr[-2000:]}")
+    return json.loads([line for line in res.stdout.splitlines() if line.startswith("{")][-1])["baseline"]
 
 
 def main(argv=None) -> int:

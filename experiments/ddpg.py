@@ -88,6 +88,7 @@ class DRRTrainer(StandardEvaluation):
         self.heldout = data.split.heldout_users
         # Data parallelism: the parallel users and the replay minibatch split over the devices.
         self.mesh = parallel.make_mesh(cfg.devices)
+        self.seed_mesh = parallel.make_mesh(cfg.train.seed_devices, "train.seed_devices")
         parallel.check_divisible("model.agent.n_envs", self.agent_cfg.n_envs, self.mesh)
         parallel.check_divisible("model.agent.batch_size", self.agent_cfg.batch_size, self.mesh)
         self._init = self._train = self._train_many = None
@@ -120,7 +121,7 @@ class DRRTrainer(StandardEvaluation):
         pinned = parallel.replicated(self.mesh)
         self._init = jax.jit(init)
         self._train = jax.jit(train_fn, static_argnums=1, donate_argnums=0, out_shardings=pinned)
-        self._train_many = seeds_lib.vmap_train(train_fn, out_shardings=pinned)
+        self._train_many = seeds_lib.vmap_train(train_fn, out_shardings=pinned, mesh=self.seed_mesh)
 
     embed_fitter = "jaxrec.embed.mf.fit_mf"
     """The function ``fit_embeddings`` calls (part of the stage's deps: another model is another fit)."""

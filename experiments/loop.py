@@ -290,6 +290,7 @@ def run_seeds(exp: Experiment, cfg: C.Config, run_dir: Path, n_seeds: int, data:
     seed's files are the same."""
     seed_cfgs = [dataclasses.replace(cfg, seed=s) for s in range(cfg.seed, cfg.seed + n_seeds)]
     batch = cfg.train.seed_batch or n_seeds
+    check_seed_batches(cfg, n_seeds, batchable(trainer()))
     if batch > 1 and n_seeds > 1 and batchable(trainer()):
         runs = [SeedRun(exp, c, run_dir / f"seed{c.seed}", data, progress, bars, run_dir) for c in seed_cfgs]
         finals = train_together(runs, trainer, batch, progress, bars)
@@ -321,6 +322,7 @@ def run_points(exp: Experiment, cfgs: list[C.Config], run_dirs: list[Path], n_se
     data = load_dataset(first)
     trainer = functools.cache(lambda: exp.make_trainer(first, data))
     try:
+        check_seed_batches(first, len(cfgs) * n_seeds, batchable(trainer()))
         runs, owners = [], []
         for i, (cfg, run_dir) in enumerate(zip(cfgs, run_dirs)):
             if n_seeds > 1:
@@ -424,6 +426,9 @@ def check_run(exp: Experiment, cfg: C.Config):
     """Settings a run refuses before it reads any data (ConfigError naming the key)."""
     if cfg.devices < 1:
         raise ConfigError("--devices", f"must be >= 1, got {cfg.devices}")
+    if cfg.train.seed_devices > 1 and cfg.devices > 1:  # the conflict first: it holds on any machine
+        raise ConfigError("train.seed_devices", "splits the seeds over devices and --devices splits one seed's "
+                                                "batch: use one of them")
     if cfg.devices > 1 and not exp.data_parallel:
         raise ConfigError("--devices", f"experiment {exp.name} runs on one device (its training is not batched)")
     if cfg.devices > jax.device_count():
@@ -431,10 +436,32 @@ def check_run(exp: Experiment, cfg: C.Config):
     if cfg.devices % jax.process_count():
         raise ConfigError("--devices", f"{cfg.devices} does not split over {jax.process_count()} processes: "
                                        f"use a multiple of {jax.process_count()} (the devices of all processes)")
+    if cfg.train.seed_devices > 1:
+        if jax.process_count() > 1:
+            raise ConfigError("train.seed_devices", "runs in one process (several hosts: --devices)")
+        parallel.make_mesh(cfg.train.seed_devices, "train.seed_devices")  # enough devices
     exp.check_protocols(cfg.eval.protocols)
     if "cold_start" in cfg.eval.protocols and cfg.data.split.cold_items <= 0:
         raise ConfigError("eval.protocols", "the cold_start protocol needs items held out of training: "
                                             "set data.split.cold_items (e.g. 0.2)")
+
+
+def check_seed_batches(cfg: C.Config, n_states: int, batchable: bool):
+    """``train.seed_devices`` must divide every vmapped batch of the run's ``n_states`` seed states (ConfigError
+    naming the key, before anything is written)."""
+    d = cfg.train.seed_devices
+    if d == 1:
+        return
+    batch = cfg.train.seed_batch or n_states
+    if n_states == 1 or batch == 1 or not batchable:
+        why = ("this run trains one seed (--seeds N)" if n_states == 1 else
+               "train.seed_batch=1 trains the seeds one after another" if batch == 1 else
+               f"{cfg.exp} trains its seeds one after another")
+        raise ConfigError("train.seed_devices", f"{d} splits a vmapped batch of seeds, but {why}")
+    sizes = sorted({min(batch, n_states - start) for start in range(0, n_states, batch)})
+    if any(size % d for size in sizes):
+        raise ConfigError("train.seed_devices", f"{d} does not divide the seed batches ({', '.join(map(str, sizes))} "
+                                                f"states): use --seeds (or train.seed_batch) a multiple of {d}")
 
 
 def run_experiment(exp: Experiment, cfg: C.Config, run_dir: Path, n_seeds: int = 1, progress=log_line,
@@ -451,6 +478,7 @@ def run_experiment(exp: Experiment, cfg: C.Config, run_dir: Path, n_seeds: int =
     trainer = functools.cache(lambda: exp.make_trainer(cfg, data))
     try:
         if n_seeds == 1:
+            check_seed_batches(cfg, 1, True)
             return run_single(exp, cfg, run_dir, data, progress, bars, trainer)
         rd = RunDir(run_dir)
         # Checked now, written once the seeds ran: a setup error leaves nothing that blocks the fixed command

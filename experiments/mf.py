@@ -20,6 +20,7 @@ import numpy as np
 
 from experiments.trainer import Evaluator, Experiment, StandardEvaluation
 from jaxrec import config as C
+from jaxrec import parallel
 from jaxrec import seeds as seeds_lib
 from jaxrec.data.splits import EvalView, guard_model_input, guard_training_input, train_view
 from jaxrec.embed import mf
@@ -77,7 +78,9 @@ class MFTrainer(StandardEvaluation):
                                                 state["epoch"], n_epochs, *inputs)
                 return {**state, "params": params, "opt": opt, "epoch": state["epoch"] + n_epochs}, {"loss": loss}
 
-            self._train_many = seeds_lib.vmap_train(train, n_shared=len(self.epoch_inputs()), static_steps=False)
+            self._train_many = seeds_lib.vmap_train(train, n_shared=len(self.epoch_inputs()), static_steps=False,
+                                                    mesh=parallel.make_mesh(self.cfg.train.seed_devices,
+                                                                            "train.seed_devices"))
         return self._train_many(states, *self.epoch_inputs(), jnp.int32(n_steps))
 
     def folded_params(self, params: mf.MFParams, users: np.ndarray, rows: np.ndarray, refit_all: bool) -> mf.MFParams:

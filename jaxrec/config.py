@@ -93,12 +93,20 @@ class TrainConfig:
     """--seeds N: seeds trained together as one vmapped program (0 = all N; 1 = one after another).
     Lower it when N seeds' training states do not fit in memory together. Trainers that cannot batch seeds
     (the fit-once baselines; ddpg_id with mf_reward, whose seeds' simulators differ) run them one after another."""
+    seed_devices: int = 1
+    """Devices a vmapped batch of seeds is split over (seed parallelism): each device trains its share of the
+    seeds, with no communication between them (``--devices`` instead splits one seed's batch). Every seed batch
+    (``train.seed_batch``, or all of ``--seeds``) must be a multiple of it. On a CPU the devices are XLA's host
+    devices, one thread each (``XLA_FLAGS=--xla_force_host_platform_device_count=N``): a seed's small matmuls
+    leave the other cores idle, N host devices keep N of them busy (benchmarks/seed_sweep.py)."""
 
     def validate(self):
         if self.steps < 0 or self.eval_every < 1 or self.ckpt_every < 1 or self.log_every < 1:
             raise ConfigError("train", "steps must be >= 0 and eval_every, ckpt_every, log_every >= 1")
         if self.seed_batch < 0:
             raise ConfigError("train.seed_batch", f"must be >= 0, got {self.seed_batch}")
+        if self.seed_devices < 1:
+            raise ConfigError("train.seed_devices", f"must be >= 1, got {self.seed_devices}")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -124,24 +124,27 @@ def sync(name: str):
         multihost_utils.sync_global_devices(name)
 
 
-def make_mesh(n_devices: int) -> Mesh | None:
+def make_mesh(n_devices: int, key: str = "--devices") -> Mesh | None:
     """A 1-D mesh of ``n_devices`` devices, None for one. With several processes it takes the same number of
-    devices from each (their first ``n_devices / process_count``), so every process has a share of the batch."""
+    devices from each (their first ``n_devices / process_count``), so every process has a share of the batch.
+    ``key``: the flag or config key errors name."""
     if n_devices <= 1:
         return None
     devices = jax.devices()
     if n_devices > len(devices):
-        raise ConfigError("--devices", f"{n_devices} requested but only {len(devices)} devices exist")
+        hint = (f" (on a CPU: XLA_FLAGS=--xla_force_host_platform_device_count={n_devices} before the command)"
+                if jax.default_backend() == "cpu" else "")
+        raise ConfigError(key, f"{n_devices} requested but only {len(devices)} devices exist{hint}")
     n_proc = jax.process_count()
     if n_devices % n_proc:
-        raise ConfigError("--devices", f"{n_devices} does not split over {n_proc} processes: use a multiple of {n_proc}")
+        raise ConfigError(key, f"{n_devices} does not split over {n_proc} processes: use a multiple of {n_proc}")
     per = n_devices // n_proc
     chosen = []
     for p in range(n_proc):
         mine = [d for d in devices if d.process_index == p]
         if per > len(mine):
-            raise ConfigError("--devices", f"{n_devices} requested but process {p} has only {len(mine)} devices "
-                                           f"({per} needed from each of {n_proc} processes)")
+            raise ConfigError(key, f"{n_devices} requested but process {p} has only {len(mine)} devices "
+                                   f"({per} needed from each of {n_proc} processes)")
         chosen += mine[:per]
     return jax.make_mesh((n_devices,), (AXIS,), (AxisType.Auto,), devices=chosen)
 
@@ -193,6 +196,23 @@ def replicated(mesh: Mesh | None) -> NamedSharding | None:
     ``out_shardings`` of a jitted training chunk it pins the state's layout between chunks, so every chunk
     runs the one compiled program (inside the chunk XLA may keep the users split)."""
     return None if mesh is None else NamedSharding(mesh, PartitionSpec())
+
+
+def split_leading(mesh: Mesh | None) -> NamedSharding | None:
+    """The sharding of an array split along its FIRST axis over ``mesh`` (None without a mesh): a stack of
+    seed states under seed parallelism (``jaxrec.seeds.vmap_train``), each device holding its seeds whole."""
+    return None if mesh is None else NamedSharding(mesh, PartitionSpec(AXIS))
+
+
+def per_device(fn: Callable, mesh: Mesh, n_shared: int) -> Callable:
+    """``fn(split, *shared)`` run by every device of ``mesh`` on its own slice of ``split``'s leading axis (a
+    stack of independent seed states), the ``n_shared`` further arguments whole on each; every output is split
+    the same way. A ``shard_map``, not ``jit``'s partitioner: the latter all-gathers the operands of some
+    batched ops (``top_k`` over a vmapped axis) and would make devices wait on each other; here each device
+    runs the one-device program on its share and nothing crosses devices by construction."""
+    split = PartitionSpec(AXIS)
+    return jax.shard_map(fn, mesh=mesh, in_specs=(split,) + (PartitionSpec(),) * n_shared, out_specs=split,
+                         check_vma=False)
 
 
 def no_sharding(tree: Any, axis: int = 0) -> Any:

@@ -147,6 +147,76 @@ def runs(data_dir: str, out_dir: str) -> dict:
     return out
 
 
+def seed_runs(data_dir: str, out_dir: str) -> dict:
+    """--seeds 4 with train.seed_devices 2 and 4 against 1 (m3s_tdlambda, ddpg_id): metrics, how many devices
+    the vmapped stack of seeds lived on, whether its program has collectives, and how often each traced."""
+    from experiments.run import main
+    from jaxrec import seeds as seeds_lib
+
+    traces, spans, collectives = [], [], []
+    unstack = seeds_lib.unstack
+
+    def recording(states, n):
+        spans.append(len(jax.tree.leaves(states)[0].sharding.device_set))
+        return unstack(states, n)
+
+    seeds_lib.unstack = recording
+    vmap_train = seeds_lib.vmap_train
+
+    def inspected(train, *args, **kwargs):
+        def counted(*a):
+            traces.append(1)
+            return train(*a)
+
+        many = vmap_train(counted, *args, **kwargs)
+        mesh = kwargs.get("mesh")
+        if mesh is None:
+            return many
+
+        checked_once = []
+
+        def checked(states, *rest):
+            if not checked_once:  # the split program, compiled once more: seeds never talk to each other
+                split = parallel.split_leading(mesh)
+                static = tuple(i for i, x in enumerate(rest, 1) if isinstance(x, int))
+                text = jax.jit(lambda s, *r: many(s, *r), static_argnums=static).lower(
+                    jax.device_put(jax.tree.map(jnp.copy, states), split), *rest).compile().as_text()
+                collectives.append(sum(text.count(op) for op in ("all-reduce(", "all-gather(", "all-to-all(",
+                                                                  "collective-permute(", "reduce-scatter(")))
+                checked_once.append(True)
+            return many(states, *rest)
+
+        return checked
+
+    seeds_lib.vmap_train = inspected
+    args = {"m3s": ["--exp=m3s_tdlambda", "--quick", "--set", "data.split.scheme=users", "data.split.heldout_visible=5",
+                    "train.log_every=2"],
+            "ddpg": ["--exp=ddpg_id", "--quick", "--set", "train.steps=60", "train.eval_every=30",
+                     "train.ckpt_every=30", "train.log_every=10", "model.agent.n_envs=4", "model.agent.batch_size=16"]}
+    out = {}
+    for name, a in args.items():
+        finals = {}
+        for devices in (1, 2, 4):
+            before, spans_before = len(traces), len(spans)
+            run = Path(out_dir) / f"{name}{devices}"
+            assert main(["--data", data_dir, "--run-dir", str(run), "--seeds", "4", "--quiet"] + a
+                        + [f"train.seed_devices={devices}"]) == 0
+            out[f"{name}_traces_{devices}"] = len(traces) - before
+            out[f"{name}_spans_{devices}"] = sorted(set(spans[spans_before:]))
+            finals[devices] = [json.loads((run / f"seed{s}" / "final.json").read_text()) for s in range(4)]
+        for devices in (2, 4):
+            out[f"{name}_metric_diff_{devices}"] = max(
+                abs(one[part][p][m] - other[part][p][m]) for one, other in zip(finals[1], finals[devices])
+                for part in ("val", "test") for p in one[part] for m in one[part][p])
+    out["collectives"] = collectives
+    # 4 seeds do not split over 3 devices: refused before anything is written.
+    bad = Path(out_dir) / "bad"
+    out["indivisible_rc"] = main(["--data", data_dir, "--run-dir", str(bad), "--seeds", "4", "--quiet"]
+                                 + args["ddpg"] + ["train.seed_devices=3"])
+    out["indivisible_left_nothing"] = not bad.exists()
+    return out
+
+
 if __name__ == "__main__":
     check = sys.argv[1]
     result = {"devices": jax.device_count()}
@@ -156,4 +226,6 @@ if __name__ == "__main__":
         result.update(sqn_update())
     elif check == "runs":
         result.update(runs(sys.argv[2], sys.argv[3]))
+    elif check == "seed_runs":
+        result.update(seed_runs(sys.argv[2], sys.argv[3]))
     print(json.dumps(result))

@@ -63,6 +63,9 @@ CORPUS = [
     case("sweep-unknown-exp", SWEEP, ["--exps", "ddpg_id,nope"], "--exps: 'nope': unknown"),
     case("sweep-bad-key", SWEEP, ["--data", "{data}", "--set", "model.bogus=1"], "--set model.bogus: unknown key"),
     case("sweep-fit-once", SWEEP, ["--data", "{data}", "--exps", "popularity"], "--exps: popularity does not train seeds"),
+    case("sweep-seed-devices-0", SWEEP, ["--seed-devices", "0"], "--seed-devices: 0, expected a positive"),
+    case("sweep-seed-devices-indivisible", SWEEP, ["--seeds", "4", "--seed-devices", "3"],
+         "--seed-devices: 3 does not divide --seeds 4"),
     # benchmarks/scaling.py
     case("scaling-no-data", SCALING, ["--data", "{nodata}", "--quick"], "{nodata}: no such data directory", sub=True),
     case("scaling-one-count", SCALING, ["--devices", "1"], "--devices: [1], expected at least two"),

@@ -65,6 +65,7 @@ class SequentialTrainer(NextItemProtocol):
     def __init__(self, cfg: C.Config, data):
         m: SQNConfig = cfg.model.for_split(data.split.heldout_users)
         self.mesh = parallel.make_mesh(cfg.devices)
+        self.seed_mesh = parallel.make_mesh(cfg.train.seed_devices, "train.seed_devices")
         # One global batch of batch_size / chunk chunks (per micro-batch and length stratum) split over the devices.
         parallel.check_divisible("model.batch_size", m.slice_rows, self.mesh)
         self.cfg, self.inter = m, data.inter
@@ -87,7 +88,8 @@ class SequentialTrainer(NextItemProtocol):
         init, train = make_train(m, network, parallel.batch_sharder(self.mesh))
         pinned = parallel.replicated(self.mesh)
         self._init, self._train = jax.jit(init), jax.jit(train, out_shardings=pinned)
-        self._train_many = seeds_lib.vmap_train(train, n_shared=1, static_steps=False, out_shardings=pinned)
+        self._train_many = seeds_lib.vmap_train(train, n_shared=1, static_steps=False, out_shardings=pinned,
+                                                mesh=self.seed_mesh)
         self._score = make_scorer(m, network)
         self._compiled: dict[str, Any] = {}
         self.evaluator = next_item_evaluator(cfg, data)
