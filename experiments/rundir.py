@@ -42,8 +42,8 @@ class RunDir:
             old = json.loads(cfg_path.read_text())
             if defaults is not None:
                 old = _with_new_defaults(old, cfg_dict, defaults)
-            if old != cfg_dict:
-                diffs = _diff(old, cfg_dict)
+            if _results_config(old) != _results_config(cfg_dict):
+                diffs = _diff(_results_config(old), _results_config(cfg_dict))
                 raise InputError(cfg_path, f"this run directory holds a different config ({'; '.join(diffs[:5])}); "
                                            "pass another --run-dir or repeat the original command to resume")
 
@@ -79,6 +79,21 @@ class RunDir:
         tmp = self.metrics.with_suffix(".tmp")
         tmp.write_text("".join(lines))
         os.replace(tmp, self.metrics)
+
+
+EXECUTION_ONLY = {"train": ("seed_batch", "seed_devices")}
+"""Config keys that choose how seeds are scheduled, not what a seed computes (each seed equals its run alone up to
+reduction order: tests/test_seeds.py, tests/test_parallel.py): a run directory resumes, and seeds run apart are
+aggregated by ``--seeds N`` on their parent, under other values of them."""
+
+
+def _results_config(cfg: dict) -> dict:
+    """``cfg`` without the ``EXECUTION_ONLY`` keys."""
+    out = dict(cfg)
+    for section, keys in EXECUTION_ONLY.items():
+        if isinstance(out.get(section), dict):
+            out[section] = {k: v for k, v in out[section].items() if k not in keys}
+    return out
 
 
 def _with_new_defaults(old: dict, new: dict, defaults: dict) -> dict:

@@ -352,3 +352,18 @@ def test_a_run_from_before_a_new_option_resumes_at_its_default(data_dir, tmp_pat
     rc, out, err = _run(args, capsys)
     assert rc == 0 and (run_dir / "final.json").exists(), err
     assert json.loads(cfg_path.read_text()) == saved
+
+
+def test_seed_scheduling_does_not_make_another_config(data_dir, tmp_path, capsys):
+    """train.seed_batch / train.seed_devices choose how seeds run, not what they compute: a run resumes, and
+    seeds run as separate processes are aggregated on their parent, under other values of them; a setting that
+    changes results is still refused."""
+    run_dir = tmp_path / "run"
+    args = ["--exp=sasrec", "--quick", "--data", str(data_dir), "--seeds", "2", "--run-dir", str(run_dir)]
+    assert _run(args, capsys)[0] == 0
+    final = (run_dir / "final.json").read_bytes()
+    rc, out, err = _run(args + ["--set", "train.seed_batch=1"], capsys)
+    assert rc == 0 and "already complete" in out + err, err
+    assert (run_dir / "final.json").read_bytes() == final
+    rc, _, err = _run(args + ["--set", "model.lr=0.5"], capsys)
+    assert rc == 2 and "different config (model.lr" in err
