@@ -38,9 +38,15 @@ def unstack(states: Any, n: int) -> list[Any]:
     home = jax.local_devices()[0]
 
     def take(x, i):
-        y = x[i]
-        split = isinstance(x, jax.Array) and not x.sharding.is_fully_replicated
-        return jax.device_put(y, home) if split else y
+        if isinstance(x, jax.Array) and not x.sharding.is_fully_replicated:
+            # Read seed i from the one device holding it: ``x[i]`` on a split array compiles a program over
+            # all devices (an all-reduce), whose rendezvous aborts the process when a device thread is
+            # starved for 40 s on a loaded CPU.
+            for shard in x.addressable_shards:
+                rows = range(*shard.index[0].indices(x.shape[0]))
+                if i in rows:
+                    return jax.device_put(shard.data[i - rows.start], home)
+        return x[i]
 
     return [jax.tree.map(lambda x: take(x, i), states) for i in range(n)]
 
