@@ -22,6 +22,19 @@ def max_diff(a, b) -> float:
     return max(float(jnp.max(jnp.abs(x - y))) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
 
 
+RUN_ARGS = {"m3s": ["--exp=m3s_tdlambda", "--quick", "--set", "data.split.scheme=users",
+                    "data.split.heldout_visible=5", "train.log_every=2"],
+            "ddpg": ["--exp=ddpg_id", "--quick", "--set", "train.steps=60", "train.eval_every=30",
+                     "train.ckpt_every=30", "train.log_every=10", "model.agent.n_envs=4", "model.agent.batch_size=16"]}
+"""The end-to-end runs of ``runs`` and ``seed_runs``: a few chunks each (log, eval and checkpoint points)."""
+
+
+def final_diff(one: dict, other: dict) -> float:
+    """Largest absolute difference between two final.json's val/test metrics."""
+    return max(abs(one[part][p][m] - other[part][p][m]) for part in ("val", "test") for p in one[part]
+               for m in one[part][p])
+
+
 def all_reduces(jitted, *args) -> int:
     return jitted.lower(*args).compile().as_text().count("all-reduce(")
 
@@ -122,10 +135,7 @@ def runs(data_dir: str, out_dir: str) -> dict:
 
     seq_trainer.make_train = counting(seq_trainer.make_train)
     ddpg_mod.make_train = counting(ddpg_mod.make_train)
-    args = {"m3s": ["--exp=m3s_tdlambda", "--quick", "--set", "data.split.scheme=users", "data.split.heldout_visible=5",
-                    "train.log_every=2"],
-            "ddpg": ["--exp=ddpg_id", "--quick", "--set", "train.steps=60", "train.eval_every=30",
-                     "train.ckpt_every=30", "train.log_every=10", "model.agent.n_envs=4", "model.agent.batch_size=16"]}
+    args = RUN_ARGS
     out = {}
     for name, a in args.items():
         finals = {}
@@ -136,8 +146,7 @@ def runs(data_dir: str, out_dir: str) -> dict:
             out[f"{name}_traces_{devices}"] = len(traces) - before
             finals[devices] = json.loads((run / "final.json").read_text())
         one, four = finals[1], finals[4]
-        out[f"{name}_metric_diff"] = max(abs(one[part][p][m] - four[part][p][m])
-                                         for part in ("val", "test") for p in one[part] for m in one[part][p])
+        out[f"{name}_metric_diff"] = final_diff(one, four)
         out[f"{name}_chunks"] = sum(1 for _ in (Path(out_dir) / f"{name}4" / "metrics.jsonl").open())
     # 4 parallel users do not split over 3 devices: refused before anything is written.
     bad = Path(out_dir) / "bad"
@@ -189,10 +198,7 @@ def seed_runs(data_dir: str, out_dir: str) -> dict:
         return checked
 
     seeds_lib.vmap_train = inspected
-    args = {"m3s": ["--exp=m3s_tdlambda", "--quick", "--set", "data.split.scheme=users", "data.split.heldout_visible=5",
-                    "train.log_every=2"],
-            "ddpg": ["--exp=ddpg_id", "--quick", "--set", "train.steps=60", "train.eval_every=30",
-                     "train.ckpt_every=30", "train.log_every=10", "model.agent.n_envs=4", "model.agent.batch_size=16"]}
+    args = RUN_ARGS
     out = {}
     for name, a in args.items():
         finals = {}
@@ -205,9 +211,8 @@ def seed_runs(data_dir: str, out_dir: str) -> dict:
             out[f"{name}_spans_{devices}"] = sorted(set(spans[spans_before:]))
             finals[devices] = [json.loads((run / f"seed{s}" / "final.json").read_text()) for s in range(4)]
         for devices in (2, 4):
-            out[f"{name}_metric_diff_{devices}"] = max(
-                abs(one[part][p][m] - other[part][p][m]) for one, other in zip(finals[1], finals[devices])
-                for part in ("val", "test") for p in one[part] for m in one[part][p])
+            out[f"{name}_metric_diff_{devices}"] = max(final_diff(one, other)
+                                                       for one, other in zip(finals[1], finals[devices]))
     out["collectives"] = collectives
     # 4 seeds do not split over 3 devices: refused before anything is written.
     bad = Path(out_dir) / "bad"
