@@ -34,6 +34,7 @@ class MFTrainer(StandardEvaluation):
             raise ConfigError("model.epochs", f"the {cfg.exp} experiment trains one epoch per step: model.epochs "
                                               f"({cfg.model.epochs}) and train.steps ({cfg.train.steps}) must be equal")
         self.cfg = cfg
+        self.seed_mesh = parallel.make_mesh(cfg.train.seed_devices, "train.seed_devices")
         threshold = cfg.model.positive_threshold
         threshold = data.relevant_threshold if threshold is None else threshold
         self.model = self.resolve_model(dataclasses.replace(cfg.model, positive_threshold=threshold))
@@ -71,7 +72,7 @@ class MFTrainer(StandardEvaluation):
 
     def train_seeds(self, states, n_steps):
         """``train`` of stacked seed states as one vmapped program (``jaxrec.seeds``); metrics are [S]."""
-        if getattr(self, "_train_many", None) is None:
+        if getattr(self, "_train_many", None) is None:  # built on first use: subclasses override ``epochs``
             def train(state, *args):
                 *inputs, n_epochs = args
                 params, opt, loss = self.epochs(state["params"], state["opt"], jax.random.wrap_key_data(state["key"]),
@@ -79,8 +80,7 @@ class MFTrainer(StandardEvaluation):
                 return {**state, "params": params, "opt": opt, "epoch": state["epoch"] + n_epochs}, {"loss": loss}
 
             self._train_many = seeds_lib.vmap_train(train, n_shared=len(self.epoch_inputs()), static_steps=False,
-                                                    mesh=parallel.make_mesh(self.cfg.train.seed_devices,
-                                                                            "train.seed_devices"))
+                                                    mesh=self.seed_mesh)
         return self._train_many(states, *self.epoch_inputs(), jnp.int32(n_steps))
 
     def folded_params(self, params: mf.MFParams, users: np.ndarray, rows: np.ndarray, refit_all: bool) -> mf.MFParams:

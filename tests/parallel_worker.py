@@ -27,6 +27,8 @@ RUN_ARGS = {"m3s": ["--exp=m3s_tdlambda", "--quick", "--set", "data.split.scheme
             "ddpg": ["--exp=ddpg_id", "--quick", "--set", "train.steps=60", "train.eval_every=30",
                      "train.ckpt_every=30", "train.log_every=10", "model.agent.n_envs=4", "model.agent.batch_size=16"]}
 """The end-to-end runs of ``runs`` and ``seed_runs``: a few chunks each (log, eval and checkpoint points)."""
+SEED_RUN_ARGS = {**RUN_ARGS, "mf": ["--exp=mf", "--quick", "--set", "train.log_every=2"]}
+"""``seed_runs`` also splits the seeds of ``mf`` (its epochs vmapped over seeds; no ``--devices`` mode)."""
 
 
 def final_diff(one: dict, other: dict) -> float:
@@ -157,7 +159,7 @@ def runs(data_dir: str, out_dir: str) -> dict:
 
 
 def seed_runs(data_dir: str, out_dir: str) -> dict:
-    """--seeds 4 with train.seed_devices 2 and 4 against 1 (m3s_tdlambda, ddpg_id): metrics, how many devices
+    """--seeds 4 with train.seed_devices 2 and 4 against 1 (m3s_tdlambda, ddpg_id, mf): metrics, how many devices
     the vmapped stack of seeds lived on, whether its program has collectives, and how often each traced."""
     from experiments.run import main
     from jaxrec import seeds as seeds_lib
@@ -198,7 +200,7 @@ def seed_runs(data_dir: str, out_dir: str) -> dict:
         return checked
 
     seeds_lib.vmap_train = inspected
-    args = RUN_ARGS
+    args = SEED_RUN_ARGS
     out = {}
     for name, a in args.items():
         finals = {}

@@ -69,13 +69,13 @@ def test_seeds_split_over_devices_equal_one_device(tmp_path):
     other) and traces once; a seed count the devices do not divide is refused before anything is written."""
     data = write_prepared(synthetic_interactions(n_users=60, n_items=40, per_user=(12, 30), seed=3), tmp_path / "syn")
     r = worker("seed_runs", data, tmp_path)
-    for name in ("m3s", "ddpg"):
+    for name in ("m3s", "ddpg", "mf"):
         for devices in (2, 4):
             assert r[f"{name}_metric_diff_{devices}"] < 1e-4, (name, devices, r)
             assert r[f"{name}_spans_{devices}"] == [devices], (name, devices, r)
             assert r[f"{name}_traces_{devices}"] == 1, (name, devices, r)
         assert r[f"{name}_spans_1"] == [1] and r[f"{name}_traces_1"] == 1, (name, r)
-    assert r["collectives"] == [0, 0, 0, 0], r
+    assert r["collectives"] == [0] * 6, r  # 3 experiments x 2 split meshes
     assert r["indivisible_rc"] == 2 and r["indivisible_left_nothing"]
 
 
