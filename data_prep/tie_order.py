@@ -72,8 +72,9 @@ def majority_consistency(first: np.ndarray, second: np.ndarray) -> tuple[float, 
         return float("nan"), float("nan"), 0
     agree = np.maximum(ascending, counts - ascending)[seen].sum()
     # E[max(X, k - X)] for X ~ Binomial(k, 1/2): the agreement of k directions drawn at random.
-    expected = {k: sum(comb(k, j) * max(j, k - j) for j in range(k + 1)) / 2.0 ** k for k in np.unique(counts[seen])}
-    chance = sum(expected[k] for k in counts[seen])
+    expected = {k: sum(comb(k, j) * max(j, k - j) for j in range(k + 1)) / 2 ** k  # exact Python integers
+                for k in map(int, np.unique(counts[seen]))}
+    chance = sum(expected[int(k)] for k in counts[seen])
     return float(agree / n), float(chance / n), n
 
 
