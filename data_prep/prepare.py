@@ -29,7 +29,7 @@ import pandas as pd
 from jaxrec.cli import ArgParser, cli_main
 from data_prep.common import (FORMAT_VERSION, Source, atomic_dir, check_digest, file_digest, file_line,
                               numeric_column, read_delimited, require_columns, row_location)
-from jaxrec.data.preprocess import DEDUP_POLICIES, Raw, clean
+from jaxrec.data.preprocess import DEDUP_POLICIES, TIE_POLICIES, Raw, clean
 from jaxrec.errors import InputError
 
 MOVIELENS_URL = "https://files.grouplens.org/datasets/movielens/{variant}.zip"
@@ -462,6 +462,10 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--positives-only", action="store_true", help="drop non-positive rows before the k-core")
         sp.add_argument("--dedup", choices=DEDUP_POLICIES, default=dedup_default,
                         help=f"repeated (user, item) pairs: keep all, the first, the last or the max-rating row (default {dedup_default})")
+        sp.add_argument("--ties", choices=TIE_POLICIES, default="file",
+                        help="order of a user's rows with equal time: the file's line order (SASRec's ml-1m.txt "
+                             "keeps ratings.dat's) or a seeded random one (see data_prep/tie_order.py)")
+        sp.add_argument("--ties-seed", type=int, default=0, help="seed of --ties shuffle")
         sp.add_argument("--sha256", help="expected sha256 of --src (a file); mismatch is an error")
         sp.add_argument("--debug", action="store_true", help="show tracebacks")
 
@@ -550,9 +554,11 @@ def prepare(argv) -> dict:
         raw, dedup_policy=args.dedup, min_user=args.min_user_interactions, min_item=args.min_item_interactions,
         positive_threshold=threshold, positives_only=args.positives_only,
         release_ids=True,  # raw's id columns are not used again here: free them for clean's sorts
+        ties=args.ties, ties_seed=args.ties_seed,
     )
     meta_extra.update(
-        positive_threshold=float(threshold), dedup=args.dedup,
+        positive_threshold=float(threshold), dedup=args.dedup, ties=args.ties,
+        **({"ties_seed": args.ties_seed} if args.ties == "shuffle" else {}),
         min_user_interactions=args.min_user_interactions, min_item_interactions=args.min_item_interactions,
         positives_only=args.positives_only, source_kind=args.source, stats=stats,
     )

@@ -81,3 +81,31 @@ def test_bad_log_line_named(tmp_path, capsys):
     (log_dir / "ratings.dat").write_text("\n".join(lines) + "\n")
     assert tie_order.main(["--log", str(log_dir / "ratings.dat"), "--data", str(tmp_path)]) == 2
     assert "ratings.dat:5: column 'timestamp' has a missing value" in capsys.readouterr().err
+
+
+def test_prepare_ties_shuffle(tmp_path):
+    """--ties shuffle: each second's ratings in a seeded random order (time order kept, the same seed the same
+    order, another seed another), which removes the log's global tie order; meta.json records the policy."""
+    log_dir, rows = planted_log(tmp_path)
+    from jaxrec.data.prepared import load_prepared
+
+    def prepared(name, *extra):
+        out = tmp_path / name
+        prepare.prepare(["table", "--src", str(log_dir / "ratings.csv"), "--user-col", "user", "--item-col", "item",
+                         "--rating-col", "rating", "--time-col", "ts", "--out", str(out), *extra])
+        inter, meta, _ = load_prepared(out)
+        return out, inter, meta
+
+    _, file_order, meta = prepared("file")
+    assert meta["ties"] == "file" and "ties_seed" not in meta
+    out, a, meta = prepared("a", "--ties", "shuffle", "--ties-seed", "3")
+    assert meta["ties"] == "shuffle" and meta["ties_seed"] == 3
+    _, b, _ = prepared("b", "--ties", "shuffle", "--ties-seed", "3")
+    _, c, _ = prepared("c", "--ties", "shuffle", "--ties-seed", "4")
+    assert np.array_equal(a.item, b.item) and not np.array_equal(a.item, c.item)
+    for inter in (a, c):  # the same rows, users and times; only the order within a second moved
+        assert np.array_equal(inter.user, file_order.user) and np.array_equal(inter.order, file_order.order)
+        assert not np.array_equal(inter.item, file_order.item)
+    r = tie_order.main_args(["--log", str(log_dir), "--data", str(out)])
+    assert r["positions_differ"] > 0.2 and r["log_line_order"]["consistency"] == 1.0
+    assert abs(r["data_order"]["consistency"] - r["data_order"]["consistency_if_random"]) < 0.1

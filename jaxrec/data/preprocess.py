@@ -207,13 +207,18 @@ def compact(codes: np.ndarray, uniques: np.ndarray) -> tuple[np.ndarray, np.ndar
     return new_code[codes], uniques[present]
 
 
+TIE_POLICIES = ("file", "shuffle")
+
+
 def clean(raw: Raw, *, dedup_policy: str, min_user: int, min_item: int,
-          positive_threshold: float | None, positives_only: bool, release_ids: bool = False):
+          positive_threshold: float | None, positives_only: bool, release_ids: bool = False,
+          ties: str = "file", ties_seed: int = 0):
     """Applies dedup, the positive filter and k-core, then densifies ids and sorts by (user, order).
 
     Returns ``(columns, user_uniques, item_uniques, stats)`` where columns hold int32 ``user``/``item``,
     float32 ``rating``, int64 ``order`` (and int8 ``event``), sorted by (user, order) with file order
-    breaking ties, and the uniques map dense id -> original id.
+    breaking ties (``ties="file"``) or a random order seeded by ``ties_seed`` (``"shuffle"``), and the
+    uniques map dense id -> original id.
 
     ``release_ids=True`` sets ``raw.user`` and ``raw.item`` to None as soon as they are factorized, so
     that a caller holding no other reference to them frees their memory for the sorts (at 20M rows
@@ -255,6 +260,17 @@ def clean(raw: Raw, *, dedup_policy: str, min_user: int, min_item: int,
         # rows ascend in the file and the sort is stable: equal (user, order) keep file order.
         idx = stable_argsort(user, raw.order[rows])
         rows, user, item = rows[idx], user[idx], item[idx]
+    if ties == "shuffle":
+        # Rows of one user with equal order (MovieLens: rated in the same second) in a seeded random order
+        # instead of the file's: ML-1M's line order within a second follows one ranking of the films for
+        # nearly every user, a regularity a next-item model learns and no timestamp holds
+        # (data_prep/tie_order.py measures it). Dedup above still used the file order.
+        shuffle = np.random.default_rng(ties_seed).permutation(len(rows))
+        idx = stable_argsort(user, raw.order[rows], shuffle)
+        rows, user, item = rows[idx], user[idx], item[idx]
+        del shuffle, idx
+    elif ties != "file":
+        raise InputError("--ties", f"unknown tie policy {ties!r}, expected one of {', '.join(TIE_POLICIES)}")
     # compact keeps the order of codes, so rows sorted by old user code are sorted by new user id.
     user, user_uniques = compact(user, user_uniques)
     item, item_uniques = compact(item, item_uniques)
