@@ -113,12 +113,13 @@ def tie_report(log_user, log_item, log_time, data_user, data_item) -> dict:
     tied[1:] |= tied_next
     tied[:-1] |= tied_next
     last = np.array([s.stop - 1 for s, _ in kept]), np.array([s.stop - 1 for _, s in kept])
+    two = np.array([s.stop - s.start >= 2 for s, _ in kept])  # users with a second-to-last item
     report = {
         "users": len(kept), "users_left_out": dropped, "ratings": int(len(rows_log)),
         "tied": float(tied.mean()),
         "positions_differ": float(np.mean(li[rows_log] != data_item[rows_data])),
         "test_target_differs": float(np.mean(li[last[0]] != data_item[last[1]])),
-        "validation_target_differs": float(np.mean(li[last[0] - 1] != data_item[last[1] - 1])),
+        "validation_target_differs": float(np.mean((li[last[0] - 1] != data_item[last[1] - 1])[two])),
     }
     for name, items, times in (("log_line_order", li[rows_log], lt[rows_log]),
                                ("data_order", data_item[rows_data], dt[rows_data])):
