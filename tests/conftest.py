@@ -1,6 +1,11 @@
 """Skip policy for CI: with ``JAXREC_FAIL_ON_SKIP=1`` (set by ``.ci/run``) a skipped test fails the session
 unless ``.ci/allowed_skips.txt`` lists it, so a test that silently stops running (missing data, a failed
-import) turns CI red instead of green. Locally, without the variable, skips stay skips."""
+import) turns CI red instead of green. Locally, without the variable, skips stay skips.
+
+The suite runs on several processes (pytest-xdist, ``-n auto`` in pyproject.toml): most of its time is XLA
+compiling small programs, one core per compile, so a 2-core machine runs it in about half the wall time. The
+skip policy is applied by the controlling process, which receives every worker's reports; ``-n 0`` runs the
+tests in this one process."""
 from __future__ import annotations
 
 import os
@@ -10,6 +15,11 @@ import pytest
 
 ALLOWED = Path(os.environ.get("JAXREC_ALLOWED_SKIPS", Path(__file__).resolve().parents[1] / ".ci" / "allowed_skips.txt"))
 _skipped: list[tuple[str, str]] = []
+MAX_WORKERS = 4
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # Several test processes share one accelerator when JAX has one: none may take most of its memory up front.
+    os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 
 
 def allowed_skips() -> dict[str, str]:
@@ -21,6 +31,13 @@ def allowed_skips() -> dict[str, str]:
             if prefix.strip():
                 out[prefix.strip()] = reason.strip()
     return out
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_auto_num_workers(config):
+    """``-n auto``: one worker per core, at most MAX_WORKERS (each holds its own JAX runtime and compile cache;
+    the multi-device tests start 2-process and 4-device subprocesses of their own)."""
+    return max(1, min(os.cpu_count() or 1, MAX_WORKERS))
 
 
 def pytest_configure(config):

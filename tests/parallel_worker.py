@@ -29,6 +29,10 @@ RUN_ARGS = {"m3s": ["--exp=m3s_tdlambda", "--quick", "--set", "data.split.scheme
 """The end-to-end runs of ``runs`` and ``seed_runs``: a few chunks each (log, eval and checkpoint points)."""
 SEED_RUN_ARGS = {**RUN_ARGS, "mf": ["--exp=mf", "--quick", "--set", "train.log_every=2"]}
 """``seed_runs`` also splits the seeds of ``mf`` (its epochs vmapped over seeds; no ``--devices`` mode)."""
+SEED_SPLITS = {"m3s": (2,), "ddpg": (2, 4), "mf": (2,)}
+"""Device counts each experiment's 4 seeds are split over in ``seed_runs`` (and run on 1 device to compare): 2
+seeds per device for every trainer, and one seed per device for DDPG, whose state has the most kinds of leaves
+(replay buffer, simulator, two networks and their targets). Each split is a full run of its own (~15 s here)."""
 
 
 def final_diff(one: dict, other: dict) -> float:
@@ -159,7 +163,7 @@ def runs(data_dir: str, out_dir: str) -> dict:
 
 
 def seed_runs(data_dir: str, out_dir: str) -> dict:
-    """--seeds 4 with train.seed_devices 2 and 4 against 1 (m3s_tdlambda, ddpg_id, mf): metrics, how many devices
+    """--seeds 4 split over SEED_SPLITS' devices against 1 (m3s_tdlambda, ddpg_id, mf): metrics, how many devices
     the vmapped stack of seeds lived on, whether its program has collectives, and how often each traced."""
     from experiments.run import main
     from jaxrec import seeds as seeds_lib
@@ -204,7 +208,7 @@ def seed_runs(data_dir: str, out_dir: str) -> dict:
     out = {}
     for name, a in args.items():
         finals = {}
-        for devices in (1, 2, 4):
+        for devices in (1, *SEED_SPLITS[name]):
             before, spans_before = len(traces), len(spans)
             run = Path(out_dir) / f"{name}{devices}"
             assert main(["--data", data_dir, "--run-dir", str(run), "--seeds", "4", "--quiet"] + a
@@ -212,7 +216,7 @@ def seed_runs(data_dir: str, out_dir: str) -> dict:
             out[f"{name}_traces_{devices}"] = len(traces) - before
             out[f"{name}_spans_{devices}"] = sorted(set(spans[spans_before:]))
             finals[devices] = [json.loads((run / f"seed{s}" / "final.json").read_text()) for s in range(4)]
-        for devices in (2, 4):
+        for devices in SEED_SPLITS[name]:
             out[f"{name}_metric_diff_{devices}"] = max(final_diff(one, other)
                                                        for one, other in zip(finals[1], finals[devices]))
     out["collectives"] = collectives

@@ -11,6 +11,7 @@ import pytest
 
 from experiments.run import main
 from tests.helpers import REPO, synthetic_interactions, write_prepared
+from tests.parallel_worker import SEED_SPLITS
 
 
 def worker(*args) -> dict:
@@ -64,18 +65,19 @@ def test_devices_refused_where_they_cannot_be_used(tmp_path, capsys):
 
 
 def test_seeds_split_over_devices_equal_one_device(tmp_path):
-    """train.seed_devices: 4 vmapped seeds split over 2 and 4 devices give each seed's one-device metrics, the
-    stack really lives on that many devices, the split program has no collectives (seeds never wait on each
-    other) and traces once; a seed count the devices do not divide is refused before anything is written."""
+    """train.seed_devices: 4 vmapped seeds split over 2 devices (and DDPG's also over 4) give each seed's
+    one-device metrics, the stack really lives on that many devices, the split program has no collectives (seeds
+    never wait on each other) and traces once; a seed count the devices do not divide is refused before anything
+    is written."""
     data = write_prepared(synthetic_interactions(n_users=60, n_items=40, per_user=(12, 30), seed=3), tmp_path / "syn")
     r = worker("seed_runs", data, tmp_path)
-    for name in ("m3s", "ddpg", "mf"):
-        for devices in (2, 4):
+    for name, splits in SEED_SPLITS.items():
+        for devices in splits:
             assert r[f"{name}_metric_diff_{devices}"] < 1e-4, (name, devices, r)
             assert r[f"{name}_spans_{devices}"] == [devices], (name, devices, r)
             assert r[f"{name}_traces_{devices}"] == 1, (name, devices, r)
         assert r[f"{name}_spans_1"] == [1] and r[f"{name}_traces_1"] == 1, (name, r)
-    assert r["collectives"] == [0] * 6, r  # 3 experiments x 2 split meshes
+    assert r["collectives"] == [0] * sum(map(len, SEED_SPLITS.values())), r  # one check per split run
     assert r["indivisible_rc"] == 2 and r["indivisible_left_nothing"]
 
 
