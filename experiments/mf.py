@@ -43,6 +43,8 @@ class MFTrainer(StandardEvaluation):
         self.data = mf.prepare_data(train.user, train.item, train.rating, data.inter.n_users, data.inter.n_items,
                                     self.model, data.item_pool())
         self.trained = np.asarray(self.data.trained)
+        self._train_many = seeds_lib.vmap_train(self._train_one, n_shared=len(self.epoch_inputs()),
+                                                static_steps=False, mesh=self.seed_mesh)
 
     def resolve_model(self, model) -> MFConfig:
         """The ``MFConfig`` of the fitted parameters (data preparation and fold-in read it)."""
@@ -70,17 +72,16 @@ class MFTrainer(StandardEvaluation):
     def can_train_seeds(self) -> bool:
         return True
 
+    def _train_one(self, state, *args):
+        """One seed's ``train`` as a pure function of its state, the ``epoch_inputs`` and the epoch count (what
+        ``train_seeds`` vmaps; the inputs are arguments, shared by the seeds, not constants baked into it)."""
+        *inputs, n_epochs = args
+        params, opt, loss = self.epochs(state["params"], state["opt"], jax.random.wrap_key_data(state["key"]),
+                                        state["epoch"], n_epochs, *inputs)
+        return {**state, "params": params, "opt": opt, "epoch": state["epoch"] + n_epochs}, {"loss": loss}
+
     def train_seeds(self, states, n_steps):
         """``train`` of stacked seed states as one vmapped program (``jaxrec.seeds``); metrics are [S]."""
-        if getattr(self, "_train_many", None) is None:  # built on first use: subclasses override ``epochs``
-            def train(state, *args):
-                *inputs, n_epochs = args
-                params, opt, loss = self.epochs(state["params"], state["opt"], jax.random.wrap_key_data(state["key"]),
-                                                state["epoch"], n_epochs, *inputs)
-                return {**state, "params": params, "opt": opt, "epoch": state["epoch"] + n_epochs}, {"loss": loss}
-
-            self._train_many = seeds_lib.vmap_train(train, n_shared=len(self.epoch_inputs()), static_steps=False,
-                                                    mesh=self.seed_mesh)
         return self._train_many(states, *self.epoch_inputs(), jnp.int32(n_steps))
 
     def folded_params(self, params: mf.MFParams, users: np.ndarray, rows: np.ndarray, refit_all: bool) -> mf.MFParams:
