@@ -406,6 +406,36 @@ def test_table_order_col_and_file_order(tmp_path, capsys):
     assert meta["order_kind"] == "rank"
 
 
+def test_sasrec_lines_keep_their_order_and_the_last_line_is_the_test_target(tmp_path, capsys):
+    """SASRec's ml-1m.txt format: 'user item' lines; a user's line order is its time (no timestamps), every
+    line is an interaction, repeats are kept (--dedup none by default), and leave-last tests the last line."""
+    src = write(tmp_path / "ml-1m.txt", "1 1\n1 2\n1 3\n2 4\n2 1\n2 4\n3 2\n3 1\n3 5\n")
+    arrays, meta, _, _ = prepare_ok(capsys, "sasrec", "--src", src, "--out", tmp_path / "out")
+    assert_arrays(arrays, user=[0, 0, 0, 1, 1, 1, 2, 2, 2], item=[0, 1, 2, 3, 0, 3, 1, 0, 4],
+                  rating=[1] * 9, order=list(range(9)))
+    assert meta["order_kind"] == "rank" and meta["dedup"] == "none" and meta["positive_threshold"] == 1.0
+    assert meta["sources"] == [{"path": str(src), "sha256": hashlib.sha256(src.read_bytes()).hexdigest()}]
+    from jaxrec.data.prepared import load_prepared
+    from jaxrec.data.splits import leave_last_out
+
+    inter, _, items = load_prepared(tmp_path / "out")
+    split = leave_last_out(inter)
+    # The original ids of each user's test and validation items: the file's last and second-to-last lines.
+    item_ids = items["original_id"].to_numpy()
+    assert item_ids[inter.item[split.test]].tolist() == [3, 4, 5]
+    assert item_ids[inter.item[split.val]].tolist() == [2, 1, 1]
+
+
+def test_error_sasrec_bad_line_is_named(tmp_path, capsys):
+    src = write(tmp_path / "ml-1m.txt", "1 1\n1 2\n1 x\n")
+    assert_input_error(capsys, tmp_path, ["sasrec", "--src", src],
+                       f"error: {re.escape(str(src))}:3: expected two integer ids 'user item', got '1 x'")
+    (tmp_path / "b").mkdir()
+    src = write(tmp_path / "three.txt", "1 1\n1 2 7\n")
+    assert_input_error(capsys, tmp_path / "b", ["sasrec", "--src", src],
+                       f"error: {re.escape(str(src))}:2: expected two integer ids 'user item', got '1 2 7'")
+
+
 def test_table_blank_lines_are_skipped(tmp_path, capsys):
     src = write(tmp_path / "t.csv", "user,item\n1,10\n\n2,11\n\n")
     arrays, _, _, _ = prepare_ok(capsys, "table", "--src", src, "--user-col", "user", "--item-col", "item",
