@@ -71,6 +71,26 @@ def check_digest(path, expected: str, algo: str = "sha256", hint: str = ""):
 
 
 # ----------------------------------------------------------------------------------------------------
+# A prepared directory's original ids
+
+
+def original_ids(data_dir, inter, items: pd.DataFrame, required: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Each interaction's user and item in the integer ids of the log prepare.py read (the ``original_id``
+    columns of users.csv and items.csv), to compare a prepared directory with another copy of that log.
+    Without those files: an error if ``required``, else the dense ids themselves."""
+    users_csv = Path(data_dir) / "users.csv"
+    have = users_csv.is_file() and "original_id" in items.columns
+    if not have and required:
+        raise InputError(data_dir, "needs items.csv and users.csv with an original_id column (prepare.py writes them)")
+    user_ids = pd.read_csv(users_csv)["original_id"].to_numpy() if have else np.arange(inter.n_users)
+    item_ids = items["original_id"].to_numpy() if have else np.arange(inter.n_items)
+    try:
+        return (user_ids[np.asarray(inter.user)].astype(np.int64), item_ids[np.asarray(inter.item)].astype(np.int64))
+    except (TypeError, ValueError):
+        raise InputError(data_dir, "original ids must be integers to match the log's") from None
+
+
+# ----------------------------------------------------------------------------------------------------
 # Sources: a plain file, a directory, or a zip archive
 
 

@@ -42,6 +42,15 @@ MOVIELENS_MD5 = {
     "ml-20m": "cd245b17a1ae2cc31bb14903e1204af3",
     "ml-25m": "6b51fb2759a8657d3bfcbfc42b592ada",
 }
+SASREC_ML1M_SHA256 = "b725f3acb3986fe3130bffd1e77a74d182a1f51799567a236dbd60270f95b0a2"
+# The same file (git blob 9ab8e3edb8742f8d8cc4911e3dee25e82a6fcc24) in SASRec's, BERT4Rec's and Klenitskiy &
+# Vasilev's repositories, each pinned to a commit so that a moved branch cannot change what is fetched.
+SASREC_ML1M_URLS = (
+    "https://raw.githubusercontent.com/kang205/SASRec/e3738967fddab206d6eeb4fda433e7a7034dd8b1/data/ml-1m.txt",
+    "https://raw.githubusercontent.com/FeiSun/BERT4Rec/615eaf2004abecda487a38d5b0c72f3dcfcae5b3/data/ml-1m.txt",
+    "https://raw.githubusercontent.com/antklen/sasrec-bert4rec-recsys23/29c272e155cad52c8958b04e9e98557526a646e5/"
+    "data/ml-1m.txt",
+)
 # sha256 of files of the official GroupLens ml-100k archive, as extracted from it; meta.json marks a
 # source with one of these digests "known_good".
 KNOWN_SHA256 = {
@@ -50,7 +59,7 @@ KNOWN_SHA256 = {
     "f120e114da2e8cf314fd28f99417c94ae9ddf1cb6db8ce0e4b5995d40e90e62c": "ml-100k/u.user",
     # SASRec's data/ml-1m.txt (Kang & McAuley 2018), the file Klenitskiy & Vasilev (RecSys 2023) train and
     # evaluate SASRec+ on (their repository's data/ml-1m.txt, git blob 9ab8e3ed): 6,040 users, 3,416 items.
-    "b725f3acb3986fe3130bffd1e77a74d182a1f51799567a236dbd60270f95b0a2": "SASRec data/ml-1m.txt",
+    SASREC_ML1M_SHA256: "SASRec data/ml-1m.txt",
 }
 ML100K_GENRES = ("unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime", "Documentary",
                  "Drama", "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery", "Romance", "Sci-Fi",
@@ -66,31 +75,51 @@ def cache_dir() -> Path:
     return Path(os.environ.get("JAXREC_CACHE", Path.home() / ".cache" / "jaxrec"))
 
 
-def fetch_movielens(variant: str) -> Path:
-    """The official archive in the cache, downloaded (with a progress bar) and md5-verified."""
-    dest = cache_dir() / f"{variant}.zip"
+def _download(urls, dest: Path, digest: str, algo: str, label: str, local_hint: str) -> Path:
+    """``dest`` in the cache, downloaded from the first of ``urls`` that answers (with a progress bar) and
+    checked against ``digest``; a cached copy is checked and used without any network."""
     hint = f" (delete {dest} to download it again)"
     if dest.exists():
-        check_digest(dest, MOVIELENS_MD5[variant], "md5", hint)
+        check_digest(dest, digest, algo, hint)
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
-    url = MOVIELENS_URL.format(variant=variant)
-    part = dest.with_suffix(".zip.part")
-    try:
-        from tqdm import tqdm
+    part = dest.with_name(dest.name + ".part")
+    from tqdm import tqdm
 
-        with urllib.request.urlopen(url, timeout=60) as r, open(part, "wb") as f:
-            total = int(r.headers.get("Content-Length") or 0) or None
-            with tqdm(total=total, unit="B", unit_scale=True, desc=f"download {variant}", file=sys.stderr) as bar:
-                while block := r.read(1 << 20):
-                    f.write(block)
-                    bar.update(len(block))
-    except (urllib.error.URLError, OSError, TimeoutError) as e:
-        part.unlink(missing_ok=True)
-        raise InputError(url, f"download failed ({e}); pass --src with a local copy of {variant}.zip") from None
-    check_digest(part, MOVIELENS_MD5[variant], "md5", " (the download is corrupt; run again)")
+    errors = {}
+    for url in urls:
+        try:
+            with urllib.request.urlopen(url, timeout=60) as r, open(part, "wb") as f:
+                total = int(r.headers.get("Content-Length") or 0) or None
+                with tqdm(total=total, unit="B", unit_scale=True, desc=f"download {label}", file=sys.stderr) as bar:
+                    while block := r.read(1 << 20):
+                        f.write(block)
+                        bar.update(len(block))
+            break
+        except (urllib.error.URLError, OSError, TimeoutError) as e:
+            part.unlink(missing_ok=True)
+            errors[url] = e
+    else:
+        if len(urls) == 1:  # the address is the place to name
+            raise InputError(urls[0], f"download failed ({errors[urls[0]]}); {local_hint}") from None
+        tried = "; ".join(f"{u} ({e})" for u, e in errors.items())
+        raise InputError(label, f"download failed from every mirror: {tried}; {local_hint}") from None
+    check_digest(part, digest, algo, " (the download is corrupt; run again)")
     os.replace(part, dest)
     return dest
+
+
+def fetch_movielens(variant: str) -> Path:
+    """The official archive in the cache, downloaded (with a progress bar) and md5-verified."""
+    return _download([MOVIELENS_URL.format(variant=variant)], cache_dir() / f"{variant}.zip", MOVIELENS_MD5[variant],
+                     "md5", variant, f"pass --src with a local copy of {variant}.zip")
+
+
+def fetch_sasrec_ml1m() -> Path:
+    """SASRec's ``data/ml-1m.txt`` in the cache, downloaded from the first repository that serves it and
+    sha256-verified (the three repositories hold the same git blob)."""
+    return _download(SASREC_ML1M_URLS, cache_dir() / "sasrec-ml-1m.txt", SASREC_ML1M_SHA256, "sha256",
+                     "SASRec ml-1m.txt", "pass --src with a local copy of SASRec's data/ml-1m.txt")
 
 
 def _decode_text(data: bytes) -> str:
@@ -514,7 +543,8 @@ def build_parser() -> argparse.ArgumentParser:
     shared(tb, "last", None)
     sr = sub.add_parser("sasrec", help="SASRec-format text: one 'user item' line per interaction, in time order "
                                        "(SASRec's and Klenitskiy & Vasilev's data/ml-1m.txt)")
-    sr.add_argument("--src", required=True)
+    sr.add_argument("--src", help="local file; default: download SASRec's data/ml-1m.txt (sha256-checked) into "
+                                   "$JAXREC_CACHE")
     shared(sr, "none", None)
     sy = sub.add_parser("synthetic", help="planted-signal data generated here (no download): smoke runs, --quick")
     sy.add_argument("--kind", choices=("blocks", "chains"), default="blocks",
@@ -572,6 +602,10 @@ def prepare(argv) -> dict:
         meta_extra.update(order_kind="rank", synthetic={"kind": args.kind, "users": args.users, "seed": args.seed})
         threshold = args.positive_threshold
     elif args.source == "sasrec":
+        if not src_path:
+            src_path = fetch_sasrec_ml1m()
+            if args.sha256:
+                check_digest(src_path, args.sha256)
         raw = read_sasrec(Path(src_path))
         sources = [{"path": str(src_path), "sha256": file_digest(src_path)}]
         meta_extra["order_kind"] = "rank"

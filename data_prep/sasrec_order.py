@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from data_prep.common import original_ids
 from data_prep.prepare import read_sasrec
 from jaxrec.cli import cli_main
 from jaxrec.data.prepared import load_prepared
@@ -100,12 +101,8 @@ def main_args(argv) -> dict:
         raise InputError(args.data, f"{n:,} interactions against {len(sas.user):,} in {args.sasrec}: not the "
                                     "same ratings (SASRec's ml-1m.txt is ML-1M with items and users of >= 5 ratings)")
     # Original ids where prepare.py recorded them, so the maps read as SASRec id -> the log's id.
-    users_csv = Path(args.data) / "users.csv"
-    user_ids = (pd.read_csv(users_csv)["original_id"].to_numpy() if users_csv.is_file()
-                else np.arange(inter.n_users))
-    item_ids = items["original_id"].to_numpy() if "original_id" in items.columns else np.arange(inter.n_items)
-    report = order_report(user_ids[np.asarray(inter.user)], item_ids[np.asarray(inter.item)],
-                          np.asarray(inter.order), sas.user, sas.item, sas.order)
+    data_user, data_item = original_ids(args.data, inter, items, required=False)
+    report = order_report(data_user, data_item, np.asarray(inter.order), sas.user, sas.item, sas.order)
     print(f"matched: {report['users']:,} of {report['users_in_sasrec']:,} users, {report['items_matched']:,} of "
           f"{report['items_in_sasrec']:,} items ({report['ratings']:,} ratings compared)")
     print(f"positions where --data's order differs from SASRec's: {report['positions_differ']:.3f}")

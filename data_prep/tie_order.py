@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from data_prep.common import Source, numeric_column, require_columns
+from data_prep.common import Source, numeric_column, original_ids, require_columns
 from data_prep.prepare import _read_ratings_double_colon, read_any_table
 from jaxrec.cli import cli_main
 from jaxrec.data.prepared import load_prepared
@@ -142,17 +142,7 @@ def main_args(argv) -> dict:
     args = p.parse_args(argv)
     log_user, log_item, log_time = read_log(Path(args.log), args.user_col, args.item_col, args.time_col)
     inter, _, items = load_prepared(args.data)
-    users_csv = Path(args.data) / "users.csv"
-    if "original_id" not in items.columns or not users_csv.is_file():
-        raise InputError(args.data, "needs items.csv and users.csv with an original_id column (prepare.py writes them)")
-    import pandas as pd
-
-    user_ids = pd.read_csv(users_csv)["original_id"].to_numpy()
-    try:
-        data_user = user_ids[inter.user].astype(np.int64)
-        data_item = items["original_id"].to_numpy()[inter.item].astype(np.int64)
-    except (TypeError, ValueError):
-        raise InputError(args.data, "original ids must be integers to match the log's") from None
+    data_user, data_item = original_ids(args.data, inter, items, required=True)
     report = tie_report(log_user, log_item, log_time, data_user, data_item)
     print(f"users compared: {report['users']:,} ({report['users_left_out']:,} left out: different items), "
           f"{report['ratings']:,} ratings")

@@ -436,6 +436,58 @@ def test_error_sasrec_bad_line_is_named(tmp_path, capsys):
                        f"error: {re.escape(str(src))}:2: expected two integer ids 'user item', got '1 2 7'")
 
 
+SASREC_TEXT = "1 1\n1 2\n1 3\n2 4\n2 1\n"
+
+
+def serve_sasrec_file(tmp_path, monkeypatch, text=SASREC_TEXT, good_digest=None):
+    """Points the download at two file:// 'mirrors': the first missing, the second serving ``text``; the expected
+    sha256 is ``text``'s unless ``good_digest`` is given. Returns the cache dir."""
+    from data_prep import prepare
+
+    served = write(tmp_path / "mirror" / "ml-1m.txt", text)
+    missing = (tmp_path / "mirror" / "gone.txt").as_uri()
+    monkeypatch.setattr(prepare, "SASREC_ML1M_URLS", (missing, served.as_uri()))
+    monkeypatch.setattr(prepare, "SASREC_ML1M_SHA256", good_digest or hashlib.sha256(text.encode()).hexdigest())
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("JAXREC_CACHE", str(cache))
+    monkeypatch.setenv("TQDM_DISABLE", "1")  # the progress bar's lines would hide the one error line
+    return cache
+
+
+def test_sasrec_without_src_downloads_the_checked_file_once(tmp_path, capsys, monkeypatch):
+    cache = serve_sasrec_file(tmp_path, monkeypatch)
+    arrays, meta, _, _ = prepare_ok(capsys, "sasrec", "--out", tmp_path / "out")
+    assert_arrays(arrays, user=[0, 0, 0, 1, 1], item=[0, 1, 2, 3, 0], order=list(range(5)))
+    cached = cache / "sasrec-ml-1m.txt"
+    assert cached.read_text() == SASREC_TEXT and not list(cache.glob("*.part"))
+    assert meta["sources"][0]["path"] == str(cached)
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("prepare.py downloaded a file it has in its cache")
+
+    monkeypatch.setattr(urllib.request, "urlopen", no_network)
+    again, _, _, _ = prepare_ok(capsys, "sasrec", "--out", tmp_path / "out2")
+    assert {k: v.tolist() for k, v in again.items()} == {k: v.tolist() for k, v in arrays.items()}
+
+
+def test_error_sasrec_download_corrupt_or_unreachable(tmp_path, capsys, monkeypatch):
+    wrong = "0" * 64
+    cache = serve_sasrec_file(tmp_path, monkeypatch, good_digest=wrong)
+    got = hashlib.sha256(SASREC_TEXT.encode()).hexdigest()
+    part = re.escape(str(cache / "sasrec-ml-1m.txt.part"))
+    assert_input_error(capsys, tmp_path, ["sasrec"], f"error: {part}: checksum mismatch: sha256 {got}, "
+                       f"expected {wrong} \\(the download is corrupt; run again\\)")
+    assert not (cache / "sasrec-ml-1m.txt").exists()
+
+    from data_prep import prepare
+
+    monkeypatch.setattr(prepare, "SASREC_ML1M_URLS", ((tmp_path / "a.txt").as_uri(), (tmp_path / "b.txt").as_uri()))
+    (tmp_path / "c").mkdir()
+    assert_input_error(capsys, tmp_path / "c", ["sasrec"],
+                       "error: SASRec ml-1m.txt: download failed from every mirror: file://.*/a.txt \\(.*\\); "
+                       "file://.*/b.txt \\(.*\\); pass --src with a local copy of SASRec's data/ml-1m.txt")
+
+
 def test_table_blank_lines_are_skipped(tmp_path, capsys):
     src = write(tmp_path / "t.csv", "user,item\n1,10\n\n2,11\n\n")
     arrays, _, _, _ = prepare_ok(capsys, "table", "--src", src, "--user-col", "user", "--item-col", "item",

@@ -109,3 +109,27 @@ def test_prepare_ties_shuffle(tmp_path):
     r = tie_order.main_args(["--log", str(log_dir), "--data", str(out)])
     assert r["positions_differ"] > 0.2 and r["log_line_order"]["consistency"] == 1.0
     assert abs(r["data_order"]["consistency"] - r["data_order"]["consistency_if_random"]) < 0.1
+
+
+def test_original_ids_of_a_prepared_directory(tmp_path):
+    """common.original_ids: the log's own ids per prepared interaction; without users.csv an error naming the
+    directory when required (tie_order.py), the dense ids otherwise (sasrec_order.py)."""
+    from data_prep.common import original_ids
+    from jaxrec.data.prepared import load_prepared
+    from jaxrec.errors import InputError
+
+    log_dir, rows = planted_log(tmp_path, n_users=5)
+    out = tmp_path / "prepared"
+    prepare.prepare(["table", "--src", str(log_dir / "ratings.csv"), "--user-col", "user", "--item-col", "item",
+                     "--rating-col", "rating", "--time-col", "ts", "--out", str(out)])
+    inter, _, items = load_prepared(out)
+    user, item = original_ids(out, inter, items, required=True)
+    assert user.dtype == item.dtype == np.int64
+    assert sorted(zip(user.tolist(), item.tolist())) == sorted(map(tuple, rows[:, :2].tolist()))
+    assert (user[1:] >= user[:-1]).all()  # in the prepared (user, time) order, not the log's line order
+
+    (out / "users.csv").unlink()
+    with pytest.raises(InputError, match="needs items.csv and users.csv"):
+        original_ids(out, inter, items, required=True)
+    user, item = original_ids(out, inter, items, required=False)
+    assert user.tolist() == np.asarray(inter.user).tolist() and item.tolist() == np.asarray(inter.item).tolist()
