@@ -168,6 +168,45 @@ def test_sasrec_block_by_hand():
     np.testing.assert_allclose(got[valid], want[valid], rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("attn_out_dropout", [True, False])
+def test_sasrec_plus_code_options_by_hand(attn_out_dropout):
+    """The options that match SASRec+'s code (docs/differences.md#seqplus-embedding): with every dropout at rate
+    1 in training, attention weights and the feed-forward branch are all zero, so the attention sublayer
+    outputs its output bias b; ``attn_out_dropout=False`` keeps that branch (y + b), the default drops it (y).
+    ``ln_eps`` is every LayerNorm's epsilon, ``head_bias=False`` leaves logits = h . E, ``qkv_init="torch"`` is
+    PyTorch's joint in-projection Xavier (std sqrt(2 / (64 + 192)) = 0.088 at d = 64)."""
+    eps = 1e-8
+    net = SequenceNetwork(n_items=I, window=5, dim=4, ff_dim=6, norm="sasrec", dropout=1.0, tied_head=True,
+                          attn_out_dropout=attn_out_dropout, head_bias=False, ln_eps=eps)
+    params = net.init(jax.random.key(2), jnp.full((5,), I))
+    assert "sup_b" not in params["params"]
+    params["params"]["out_0"]["bias"] = jnp.array([0.5, -1.0, 2.0, 0.25])
+    p = jax.tree.map(np.asarray, params["params"])
+    seq = np.array([P, P, 2, 0, 3])
+
+    def ln(x, name):
+        mu, var = x.mean(-1, keepdims=True), x.var(-1, keepdims=True)
+        return (x - mu) / np.sqrt(var + eps) * p[name]["scale"] + p[name]["bias"]
+
+    valid = seq != I
+    x = np.where(valid[:, None], p["item_embedding"][np.minimum(seq, I)], 0.0) + p["position_embedding"][::-1]
+    y = ln(x, "ln1_0")
+    want = ln(ln(y + (0.0 if attn_out_dropout else p["out_0"]["bias"]), "ln2_0"), "final_norm")
+    got = net.apply(params, jnp.asarray(seq), False, method=SequenceNetwork.sequence_states,
+                    rngs={"dropout": jax.random.key(0)})
+    np.testing.assert_allclose(got[valid], want[valid], rtol=1e-4, atol=1e-5)
+    bound = net.bind(params)
+    assert bound.final_norm.epsilon == bound.ln1[0].epsilon == bound.ln2[0].epsilon == eps
+    np.testing.assert_allclose(net.apply(params, got, method=SequenceNetwork.logits),
+                               np.asarray(got) @ p["item_embedding"][:I].T, rtol=1e-5, atol=1e-6)
+    wide = SequenceNetwork(n_items=I, window=6, dim=64, ff_dim=8, layers=2, qkv_init="torch")
+    torch_init = wide.init(jax.random.key(1), jnp.full((6,), I))["params"]
+    for name in ("wq_0", "wk_1", "wv_0"):
+        assert float(jnp.std(torch_init[name])) == pytest.approx(0.0884, rel=0.05)
+    built = SQNConfig(mode="sequence", attn_out_dropout=False, head_bias=False, ln_eps=eps, qkv_init="torch").network(I)
+    assert (built.attn_out_dropout, built.head_bias, built.ln_eps, built.qkv_init) == (False, False, eps, "torch")
+
+
 def test_sasrec_input_options_scale_the_item_table_and_drop_the_summed_input():
     """SASRec's initialisation and input. ``embed_scale``: the input reads the item table times sqrt(d) (the same states as an unscaled network
     given the scaled table), while the tied output layer reads the table unscaled. ``input_dropout``: only in

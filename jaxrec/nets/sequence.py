@@ -97,9 +97,10 @@ class SequenceNetwork(nn.Module):
     reads the unscaled table."""
     input_dropout: float = 0.0
     """Transformer: dropout on the summed input (item + position) embeddings (SASRec's emb_dropout)."""
-    qkv_init: Literal["flax3d", "xavier"] = "flax3d"
+    qkv_init: Literal["flax3d", "xavier", "torch"] = "flax3d"
     """Query/key/value projections [d, heads, d_head]: ``xavier`` = Xavier-uniform over fan-in d and fan-out
-    heads x d_head (PyTorch's MultiheadAttention; std 0.125 for d = 64); ``flax3d`` = flax's xavier_uniform on
+    heads x d_head (std 0.125 for d = 64); ``torch`` = PyTorch MultiheadAttention's, Xavier-uniform over its
+    joint [3d, d] in-projection, fan-out 3d (std 0.088 for d = 64; SASRec+'s code); ``flax3d`` = flax's xavier_uniform on
     the 3-D kernel, which takes the leading axis as a receptive field and counts fan-in heads x d and fan-out
     d x d_head, so the projections start about 5.7x smaller (std 0.022 for d = 64, one head). ``flax3d`` is
     what every window-mode table of the README was measured with, hence its default."""
@@ -113,6 +114,13 @@ class SequenceNetwork(nn.Module):
     block_init_std: float = 0.0
     """Transformer: initialise the attention output and feed-forward kernels N(0, std) (SASRec's code: 0.02,
     so every block starts near the identity); 0 = flax's LeCun-normal default."""
+    attn_out_dropout: bool = True
+    """Transformer: dropout on the attention sublayer's output before the residual sum (the Transformer's
+    residual dropout, Vaswani et al. 2017 section 5.4). SASRec's code drops only attention weights there."""
+    head_bias: bool = True
+    """A learned per-item bias on the supervised logits (SASRec's tied output layer has none)."""
+    ln_eps: float = 1e-6
+    """Transformer: LayerNorm epsilon (flax's default; SASRec's code 1e-8)."""
 
     def setup(self):
         d = self.dim
@@ -125,6 +133,8 @@ class SequenceNetwork(nn.Module):
             self.position_embedding = self.param("position_embedding", nn.initializers.normal(0.02), (self.window, d))
             if self.qkv_init == "xavier":  # fan-in d, fan-out heads * dh: Xavier of the d x d projection
                 xavier = nn.initializers.variance_scaling(1.0, "fan_avg", "uniform", in_axis=0, out_axis=(1, 2))
+            elif self.qkv_init == "torch":  # Xavier over fan-in d, fan-out 3d: 2 / (d + 3d) = 0.5 * 2 / (d + d)
+                xavier = nn.initializers.variance_scaling(0.5, "fan_avg", "uniform", in_axis=0, out_axis=(1, 2))
             else:  # flax's xavier_uniform on a 3-D kernel: fan-out counted as d * dh (see qkv_init)
                 xavier = nn.initializers.xavier_uniform()
             self.wq = [self.param(f"wq_{l}", xavier, (d, self.heads, dh)) for l in range(self.layers)]
@@ -137,9 +147,9 @@ class SequenceNetwork(nn.Module):
             self.wo = [nn.Dense(d, kernel_init=kernel, name=f"out_{l}") for l in range(self.layers)]
             self.ff1 = [nn.Dense(self.ff_dim, kernel_init=kernel, name=f"ff1_{l}") for l in range(self.layers)]
             self.ff2 = [nn.Dense(d, kernel_init=kernel, name=f"ff2_{l}") for l in range(self.layers)]
-            self.ln1 = [nn.LayerNorm(name=f"ln1_{l}") for l in range(self.layers)]
-            self.ln2 = [nn.LayerNorm(name=f"ln2_{l}") for l in range(self.layers)]
-            self.final_norm = nn.LayerNorm()
+            self.ln1 = [nn.LayerNorm(epsilon=self.ln_eps, name=f"ln1_{l}") for l in range(self.layers)]
+            self.ln2 = [nn.LayerNorm(epsilon=self.ln_eps, name=f"ln2_{l}") for l in range(self.layers)]
+            self.final_norm = nn.LayerNorm(epsilon=self.ln_eps)
         elif self.backbone == "gru":
             self.gru_wi = self.param("gru_wi", nn.initializers.lecun_normal(), (d, 3 * d))
             self.gru_wh = self.param("gru_wh", nn.initializers.orthogonal(), (d, 3 * d))
@@ -151,7 +161,7 @@ class SequenceNetwork(nn.Module):
         self.drop_input = nn.Dropout(self.input_dropout)
         if not self.tied_head:
             self.sup_w = self.param("sup_w", nn.initializers.lecun_normal(), (d, self.n_items))
-        self.sup_b = self.param("sup_b", nn.initializers.zeros, (self.n_items,))
+        self.sup_b = self.param("sup_b", nn.initializers.zeros, (self.n_items,)) if self.head_bias else None
         self.q_w = [self.param("q_w" if k == 0 else f"q{k}_w", nn.initializers.lecun_normal(), (d, self.n_items))
                     for k in range(self.q_heads)]
         self.q_b = [self.param("q_b" if k == 0 else f"q{k}_b", nn.initializers.zeros, (self.n_items,))
@@ -216,7 +226,7 @@ class SequenceNetwork(nn.Module):
     def logits(self, h: jax.Array) -> jax.Array:
         """Supervised next-item logits [..., I] of states [..., d]."""
         w = self.item_embedding[:self.n_items].T if self.tied_head else self.sup_w  # the PAD row ranks nothing
-        return _head(h, w, self.sup_b)
+        return _head(h, w, 0.0 if self.sup_b is None else self.sup_b)
 
     def q_values(self, h: jax.Array, head: int = 0) -> jax.Array:
         """Q-values [..., I] of Q head ``head`` for states [..., d] and every item."""
@@ -245,6 +255,9 @@ class SequenceNetwork(nn.Module):
         out = jnp.einsum("hqs,shk->qhk", probs, v)
         return self.wo[l](out.reshape(out.shape[0], -1))
 
+    def _attn_out(self, out, deterministic):
+        return self.drop(out, deterministic=deterministic) if self.attn_out_dropout else out
+
     def _feed_forward(self, l, x, deterministic):
         hidden = self.drop(nn.relu(self.ff1[l](x)), deterministic=deterministic)
         return self.ff2[l](hidden)
@@ -271,17 +284,17 @@ class SequenceNetwork(nn.Module):
             mask = mask & jnp.tril(jnp.ones((n, n), bool))
         for l in range(self.layers):
             if self.norm == "post":
-                x = self.ln1[l](x + self.drop(self._attend(l, x, x, mask, deterministic), deterministic=deterministic))
+                x = self.ln1[l](x + self._attn_out(self._attend(l, x, x, mask, deterministic), deterministic))
                 x = self.ln2[l](x + self.drop(self._feed_forward(l, x, deterministic), deterministic=deterministic))
             elif self.norm == "sasrec":
                 # SASRec's block (Kang & McAuley's code): the normalised input is the query and the residual,
                 # keys and values read the unnormalised stream, and the stream is normalised before the FFN.
                 y = self.ln1[l](x)
-                x = self.ln2[l](y + self.drop(self._attend(l, y, x, mask, deterministic), deterministic=deterministic))
+                x = self.ln2[l](y + self._attn_out(self._attend(l, y, x, mask, deterministic), deterministic))
                 x = x + self.drop(self._feed_forward(l, x, deterministic), deterministic=deterministic)
             else:
                 y = self.ln1[l](x)
-                x = x + self.drop(self._attend(l, y, y, mask, deterministic), deterministic=deterministic)
+                x = x + self._attn_out(self._attend(l, y, y, mask, deterministic), deterministic)
                 x = x + self.drop(self._feed_forward(l, self.ln2[l](x), deterministic), deterministic=deterministic)
         return self.final_norm(x), valid
 
@@ -318,7 +331,7 @@ class SequenceNetwork(nn.Module):
         probs_rel = jnp.take_along_axis(probs, jnp.broadcast_to(key_of, probs.shape[:1] + key_of.shape), axis=2)
         out = jnp.einsum("hqs,shk->qhk", probs, v_item) + jnp.einsum("hqr,rhk->qhk", probs_rel, v_pos)
         attn = self.wo[0](out.reshape(n_states, -1))
-        x = self.ln1[0](x_q + self.drop(attn, deterministic=deterministic))
+        x = self.ln1[0](x_q + self._attn_out(attn, deterministic))
         x = self.ln2[0](x + self.drop(self._feed_forward(0, x, deterministic), deterministic=deterministic))
         return self.final_norm(x)
 

@@ -94,9 +94,16 @@ class SQNConfig:
     """Input item embeddings times sqrt(dim) (SASRec's code; the tied output layer reads the unscaled table)."""
     input_dropout: float = 0.0
     """Transformer: dropout on the summed input embeddings (SASRec's emb_dropout; 0 = none, the seed's)."""
-    qkv_init: Literal["flax3d", "xavier"] = "flax3d"
-    """Transformer: initialiser of the query/key/value projections (``SequenceNetwork.qkv_init``): ``xavier``
-    (PyTorch's) or ``flax3d`` (about 5.7x smaller at d = 64, what the window-mode tables were measured with)."""
+    qkv_init: Literal["flax3d", "xavier", "torch"] = "flax3d"
+    """Transformer: initialiser of the query/key/value projections (``SequenceNetwork.qkv_init``): ``xavier``,
+    ``torch`` (PyTorch MultiheadAttention's, SASRec+'s) or ``flax3d`` (about 5.7x smaller than ``xavier`` at
+    d = 64, what the window-mode tables were measured with)."""
+    attn_out_dropout: bool = True
+    """Transformer: dropout also on the attention sublayer's output (SASRec's code: on attention weights only)."""
+    head_bias: bool = True
+    """A learned per-item bias on the supervised logits (SASRec's tied output layer has none)."""
+    ln_eps: float = 1e-6
+    """Transformer: LayerNorm epsilon (flax's default; SASRec's code 1e-8)."""
     block_init_std: float = 0.0
     """Transformer: attention-output and feed-forward kernels start N(0, std) (SASRec's code: 0.02); 0 = LeCun normal."""
     position_origin: Literal["last", "first"] = "last"
@@ -274,7 +281,8 @@ class SQNConfig:
                                causal=self.causal, pooling=self.pooling, norm=self.norm, q_heads=self.q_heads,
                                tied_head=self.tied_head, embed_scale=self.embed_scale, input_dropout=self.input_dropout,
                                block_init_std=self.block_init_std, qkv_init=self.qkv_init,
-                               position_origin=self.position_origin)
+                               position_origin=self.position_origin, attn_out_dropout=self.attn_out_dropout,
+                               head_bias=self.head_bias, ln_eps=self.ln_eps)
 
 
 @struct.dataclass
