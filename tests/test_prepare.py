@@ -450,7 +450,13 @@ def serve_sasrec_file(tmp_path, monkeypatch, text=SASREC_TEXT, good_digest=None)
     monkeypatch.setattr(prepare, "SASREC_ML1M_SHA256", good_digest or hashlib.sha256(text.encode()).hexdigest())
     cache = tmp_path / "cache"
     monkeypatch.setenv("JAXREC_CACHE", str(cache))
-    monkeypatch.setenv("TQDM_DISABLE", "1")  # the progress bar's lines would hide the one error line
+    # The progress bar's lines would hide the one error line. (TQDM_DISABLE is read when tqdm is first imported,
+    # which another test may have done already in this process.)
+    import functools
+
+    import tqdm
+
+    monkeypatch.setattr(tqdm, "tqdm", functools.partial(tqdm.tqdm, disable=True))
     return cache
 
 
