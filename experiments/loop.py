@@ -16,7 +16,11 @@ Loop and resume order (written down because resuming must give the same ``final.
   4. Chunks end at every multiple of ``log_every``, ``eval_every`` and ``ckpt_every``; at an eval point
      validation picks the best state; at a checkpoint point the checkpoint is saved; the last step is
      all three. The test part is evaluated once, on the best state, after training.
-  5. After every chunk, before anything of it is logged or saved, a NaN/inf loss or a NaN in the state
+  5. Early stopping (``train.patience`` > 0): after that many validations in a row without a better
+     selection value the run stops there (a checkpoint is saved at that step) and is tested as at the end.
+     The count is not checkpointed: on restart it is recounted from the validation lines of the truncated
+     ``metrics.jsonl``, which are exactly those of the validations up to the checkpoint.
+  6. After every chunk, before anything of it is logged or saved, a NaN/inf loss or a NaN in the state
      stops the run (``DivergedError``: one line naming the step and the quantity, exit status 3); the
      checkpoints already saved stay as they were.
 
@@ -100,6 +104,8 @@ class SeedRun:
             self.rd.truncate(0)
         self.state, self.best = ckpt["state"], ckpt["best"]
         self.step, self.best_val = int(ckpt["step"]), float(ckpt["best_val"])
+        # The lines up to the checkpoint: a process other than the writer may read before the writer truncated.
+        self.stale = validations_since_best(self.rd.records()[:int(ckpt["n_lines"])], self.cfg)
         self.wall_s, self.mark, self.share = float(ckpt["wall_s"]), time.perf_counter(), 1
         if self.cfg.train.steps == 0 and latest is None:
             self.validate_and_select(self.state)
@@ -111,6 +117,11 @@ class SeedRun:
         self.wall_s += (now - self.mark) / self.share
         self.mark = now
         return round(self.wall_s, 3)
+
+    @property
+    def stopped(self) -> bool:
+        """Early stopping (order 5): ``train.patience`` validations in a row without a better selection value."""
+        return 0 < self.cfg.train.patience <= self.stale
 
     def next_chunk(self) -> int:
         """Steps to the next multiple of ``log_every``, ``eval_every``, ``ckpt_every`` or the end (order 4)."""
@@ -124,9 +135,11 @@ class SeedRun:
         self.rd.log({"step": self.step, "wall_s": self.wall(), "val": val})
         self.progress(f"step {self.step}: val {short(val)}")
         v = selection_value(val, self.cfg)
-        if v > self.best_val or not math.isfinite(self.best_val):
+        if improves(v, self.best_val):
             # A copy: trainers may donate `state` to the next jitted chunk, invalidating its buffers.
-            self.best, self.best_val = copy_tree(state), v
+            self.best, self.best_val, self.stale = copy_tree(state), v, 0
+        else:
+            self.stale += 1
 
     def after_chunk(self, state, logs: dict, n: int):
         """The bookkeeping of a chunk of ``n`` steps that produced ``state`` and ``logs`` (order 4-5)."""
@@ -144,7 +157,10 @@ class SeedRun:
                          **self.trainer.counters(state)})
         if self.step % tc.eval_every == 0 or last:
             self.validate_and_select(state)
-        if self.step % tc.ckpt_every == 0 or last:
+            if self.stopped and not last:
+                self.progress(f"step {self.step}: stopping early, no better validation {self.cfg.eval.select} "
+                              f"in {self.stale} evaluations (train.patience)")
+        if self.step % tc.ckpt_every == 0 or last or self.stopped:
             self.manager.save(self.step, checkpoint_tree(state, self.best, self.step, self.wall(), self.rd.n_lines(),
                                                          self.best_val))
 
@@ -162,6 +178,8 @@ class SeedRun:
             "val": val, "test": test, "eval_users": {"val": val_users, "test": test_users},
             "best_val": {cfg.eval.select: self.best_val}, "data": data.meta.get("name"), "split": data.split.scheme,
         }
+        if self.stopped and self.step < cfg.train.steps:
+            final["stopped_at"] = self.step
         if groups["val"] or groups["test"]:
             final["by_event"] = {part: {g: m for g, (m, _) in groups[part].items()} for part in ("val", "test")}
             final["by_event"]["users"] = {part: {g: n for g, (_, n) in groups[part].items()} for part in ("val", "test")}
@@ -202,7 +220,7 @@ def run_single(exp: Experiment, cfg: C.Config, run_dir: Path, data: Dataset, pro
         run.start(trainer)
         train_bar = bars.bar(cfg.train.steps, f"train (seed {cfg.seed})", initial=run.step)
         try:
-            while run.step < cfg.train.steps:
+            while run.step < cfg.train.steps and not run.stopped:
                 n = run.next_chunk()
                 state, logs = trainer.train(run.state, n)
                 run.after_chunk(state, logs, n)
@@ -223,25 +241,37 @@ def run_seeds_together(runs: list[SeedRun], trainer: Trainer, bars: Bars) -> lis
     cfg = runs[0].cfg
     names = ", ".join(str(r.cfg.seed) for r in runs)
     states = seeds_lib.stack([r.state for r in runs])
-    for r in runs:
+    # Runs that stopped early (train.patience) keep their state of that step; the program trains them on, unread,
+    # until the last live one stops, and from then on the live ones share the wall time.
+    live = [r for r in runs if not r.stopped]
+    for r in live:
         r.wall()
-        r.state, r.share = None, len(runs)  # the stack holds the states now; per-seed copies after each chunk
-    train_bar = bars.bar(cfg.train.steps, f"train (seeds {names}, vmapped)", initial=runs[0].step)
+        r.state, r.share = None, len(live)  # the stack holds the states now; per-seed copies after each chunk
+    train_bar = bars.bar(cfg.train.steps, f"train (seeds {names}, vmapped)", initial=max(r.step for r in runs))
     try:
-        while runs[0].step < cfg.train.steps:
-            n = runs[0].next_chunk()
+        while live and live[0].step < cfg.train.steps:
+            n = live[0].next_chunk()
             states, logs = trainer.train_seeds(states, n)
             logs = jax.device_get(logs)
             for i, (r, state) in enumerate(zip(runs, seeds_lib.unstack(states, len(runs)))):
-                r.after_chunk(state, {k: v[i] for k, v in logs.items()}, n)
+                if r in live:
+                    r.after_chunk(state, {k: v[i] for k, v in logs.items()}, n)
             train_bar.update(n)
+            if any(r.stopped for r in live):
+                for r in live:
+                    r.wall()
+                live = [r for r in live if not r.stopped]
+                for r in live:
+                    r.share = len(live)
     finally:
         train_bar.close()
     last = seeds_lib.unstack(states, len(runs))
     del states
     for r, state in zip(runs, last):
-        r.wall()
-        r.state, r.share = state, 1
+        if r in live:
+            r.wall()
+            r.state = state
+        r.mark, r.share = time.perf_counter(), 1  # a stopped run's wait for the others is not its time
     return [r.finish() for r in runs]
 
 
@@ -265,9 +295,9 @@ def train_together(runs: list[SeedRun], trainer: Callable[[], Trainer], batch: i
             r.start(trainer())
         # Runs resumed from different steps (a process killed between two runs' saves) cannot share a
         # program: the ones behind run alone up to the others first.
-        front = max((r.step for r in todo), default=0)
+        front = max((r.step for r in todo if not r.stopped), default=0)
         for r in todo:
-            if r.step < front:
+            if r.step < front and not r.stopped:
                 _advance(r, trainer(), front, bars)
         for start in range(0, len(todo), batch):
             group = todo[start:start + batch]
@@ -367,10 +397,25 @@ def write_aggregate(exp: Experiment, cfg: C.Config, run_dir: Path, n_seeds: int,
 
 def _advance(run: SeedRun, trainer: Trainer, to_step: int, bars: Bars):
     """Trains one started seed alone up to ``to_step`` (a chunk boundary of the others)."""
-    while run.step < to_step:
+    while run.step < to_step and not run.stopped:
         n = min(run.next_chunk(), to_step - run.step)
         state, logs = trainer.train(run.state, n)
         run.after_chunk(state, logs, n)
+
+
+def improves(value: float, best: float) -> bool:
+    """Whether a validation ``value`` replaces the ``best`` so far (the first one always does)."""
+    return value > best or not math.isfinite(best)
+
+
+def validations_since_best(records: list[dict], cfg: C.Config) -> int:
+    """Validations after the best one in the metric lines ``records`` (early stopping's count, order 5)."""
+    best, stale = -math.inf, 0
+    for rec in records:
+        if "val" in rec:
+            v = selection_value(rec["val"], cfg)
+            best, stale = (v, 0) if improves(v, best) else (best, stale + 1)
+    return stale
 
 
 @jax.jit

@@ -69,6 +69,12 @@ class RunDir:
         with open(self.metrics) as f:
             return sum(1 for _ in f)
 
+    def records(self) -> list[dict]:
+        """The metric lines written so far (read by every process of a multi-process run: the directory is shared)."""
+        if not self.metrics.exists():
+            return []
+        return [json.loads(line) for line in self.metrics.read_text().splitlines() if line.strip()]
+
     def truncate(self, n_lines: int):
         if not self.writer:
             self._lines = n_lines

@@ -89,6 +89,11 @@ class TrainConfig:
     """Checkpoint period in steps; a re-run on the same run directory resumes from the last one."""
     log_every: int = 100
     """Training-loss logging period in steps (one jitted chunk per period)."""
+    patience: int = 0
+    """Early stopping: end training after this many validations in a row without a better ``eval.select`` than the
+    best so far (SASRec+'s 10, with validation every epoch); 0 = train all ``steps``. The best state is tested as
+    always; ``final.json`` records ``stopped_at``. Seeds trained together stop one by one (each keeps its own
+    stopping step and best state; the vmapped program runs until the last one stops)."""
     seed_batch: int = 0
     """--seeds N: seeds trained together as one vmapped program (0 = all N; 1 = one after another).
     Lower it when N seeds' training states do not fit in memory together. Trainers that cannot batch seeds
@@ -103,6 +108,8 @@ class TrainConfig:
     def validate(self):
         if self.steps < 0 or self.eval_every < 1 or self.ckpt_every < 1 or self.log_every < 1:
             raise ConfigError("train", "steps must be >= 0 and eval_every, ckpt_every, log_every >= 1")
+        if self.patience < 0:
+            raise ConfigError("train.patience", f"must be >= 0 (0: no early stopping), got {self.patience}")
         if self.seed_batch < 0:
             raise ConfigError("train.seed_batch", f"must be >= 0, got {self.seed_batch}")
         if self.seed_devices < 1:

@@ -20,7 +20,7 @@ def test_overrides_parse_by_type_and_do_not_mutate_the_original():
 
 
 @pytest.mark.parametrize("override, message", [
-    ("train.stpes=1", "unknown key (did you mean train.steps, train.seed_devices?); valid keys: exp, seed"),
+    ("train.stpes=1", "unknown key (did you mean train.steps, train.patience, train.seed_devices?); valid keys: exp, seed"),
     ("train.steps=1.5", "'1.5' is not an integer"),
     ("train.steps=abc", "'abc' is not an integer"),
     ("data.split.scheme=random", "'random' is not one of leave_last, users, global_time"),

@@ -367,3 +367,101 @@ def test_seed_scheduling_does_not_make_another_config(data_dir, tmp_path, capsys
     assert (run_dir / "final.json").read_bytes() == final
     rc, _, err = _run(args + ["--set", "model.lr=0.5"], capsys)
     assert rc == 2 and "different config (model.lr" in err
+
+
+# Early stopping (train.patience): validation values scripted by seed and step, so the stopping step is known.
+SCRIPT = {0: {10: 0.1, 20: 0.3, 30: 0.2, 40: 0.25, 50: 0.3, 60: 0.5, 70: 0.6, 80: 0.7},  # best 20, stops at 50
+          1: {10: 0.4, 20: 0.1, 30: 0.2, 40: 0.3, 50: 0.9, 60: 0.9, 70: 0.9, 80: 0.9}}  # best 10, stops at 40
+
+
+def _scripted_evaluate(trainer, state, data, cfg, part, bars=None):
+    """A validation value per (seed, step) of ``state``; the test part reports the tested state's step."""
+    step = int(np.asarray(state["step"]))
+    value = SCRIPT[cfg.seed][step] if part == "val" else float(step)
+    return {"full": {"ndcg@10": value}}, {"full": 10}
+
+
+class ToySeedsTrainer(ToyTrainer):
+    """The toy trainer with seeds trained as one vmapped program (``run_seeds_together``)."""
+
+    def can_train_seeds(self):
+        return True
+
+    def train_seeds(self, states, n_steps):
+        def one(state):
+            state, losses = jax.lax.scan(lambda s, _: _toy_step(s, self.counts), state, None, length=n_steps)
+            return state, {"loss": losses.mean()}
+
+        return jax.vmap(one)(states)
+
+
+@pytest.fixture
+def stopping_experiment(monkeypatch):
+    from experiments import loop
+
+    def make_config():
+        return C.Config(exp="toy", train=C.TrainConfig(steps=80, eval_every=10, ckpt_every=10, log_every=5,
+                                                       patience=3))
+
+    exp = Experiment("toy", "test-only trainer", make_config, lambda cfg, data: ToySeedsTrainer(cfg, data))
+    monkeypatch.setitem(registry.EXPERIMENTS, "toy", exp)
+    monkeypatch.setattr(loop, "evaluate", _scripted_evaluate)
+    monkeypatch.setattr(loop, "evaluate_groups", lambda *a, **k: {})
+    yield exp
+    ToyTrainer.crash_after = None
+
+
+def _val_steps(run_dir):
+    return [x["step"] for x in _metric_lines_without_wall(run_dir) if "val" in x]
+
+
+def test_early_stopping_after_patience_validations_tests_the_best_state(stopping_experiment, data_dir, tmp_path,
+                                                                        capsys):
+    args = ["--exp=toy", "--data", str(data_dir)]
+    run_dir = tmp_path / "stop"
+    rc, out, err = _run(args + ["--run-dir", str(run_dir)], capsys)
+    assert rc == 0, err
+    final = json.loads((run_dir / "final.json").read_text())
+    # Best at step 20 (0.3); 30, 40 and 50 (0.3 again: not better) are three validations without a better one.
+    assert final["stopped_at"] == 50 and final["updates"] == 50
+    assert final["best_val"] == {"ndcg@10": 0.3} and final["test"]["full"]["ndcg@10"] == 20.0
+    assert _val_steps(run_dir) == [10, 20, 30, 40, 50]
+    assert "step 50: stopping early" in out
+    assert max(int(p.name) for p in (run_dir / "checkpoints").iterdir() if p.name.isdigit()) == 50
+
+    full = tmp_path / "full"
+    assert _run(args + ["--run-dir", str(full), "--set", "train.patience=0"], capsys)[0] == 0
+    final = json.loads((full / "final.json").read_text())
+    assert "stopped_at" not in final and final["updates"] == 80 and final["test"]["full"]["ndcg@10"] == 80.0
+
+
+def test_early_stopping_resumes_with_the_count_of_the_checkpoint(stopping_experiment, data_dir, tmp_path, capsys):
+    """A run killed at step 35 resumes from step 30 with one validation without improvement already counted
+    (recounted from the metric lines) and stops at 50, as the run that was not interrupted."""
+    args = ["--exp=toy", "--data", str(data_dir)]
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    assert _run(args + ["--run-dir", str(straight)], capsys)[0] == 0
+    ToyTrainer.crash_after = 35
+    with pytest.raises(Interrupt):
+        main(args + ["--run-dir", str(resumed)])
+    ToyTrainer.crash_after = None
+    rc, out, err = _run(args + ["--run-dir", str(resumed)], capsys)
+    assert rc == 0 and "resuming from step 30" in out, err
+    assert _final_without_wall(resumed) == _final_without_wall(straight)
+    assert _metric_lines_without_wall(resumed) == _metric_lines_without_wall(straight)
+
+
+def test_seeds_trained_together_stop_one_by_one_as_they_would_alone(stopping_experiment, data_dir, tmp_path, capsys):
+    args = ["--exp=toy", "--data", str(data_dir)]
+    together = tmp_path / "together"
+    rc, out, err = _run(args + ["--seeds", "2", "--run-dir", str(together)], capsys)
+    assert rc == 0, err
+    assert "(vmapped)" in out  # one program for both seeds
+    for seed, stop, best in ((0, 50, 20), (1, 40, 10)):
+        alone = tmp_path / f"alone{seed}"
+        assert _run(args + ["--seed", str(seed), "--run-dir", str(alone)], capsys)[0] == 0
+        final = _final_without_wall(together / f"seed{seed}")
+        assert final["stopped_at"] == stop and final["updates"] == stop
+        assert final["test"]["full"]["ndcg@10"] == float(best)
+        assert final == _final_without_wall(alone)
+        assert _metric_lines_without_wall(together / f"seed{seed}") == _metric_lines_without_wall(alone)

@@ -172,6 +172,11 @@ class SQNConfig:
     longest row (``UserSequences.strata``), and draw ``batch_size / length_strata`` users from every stratum per
     update (stratified sampling: each user's chance per update is the uniform one; fewer PAD slots computed).
     ``micro_batches`` then slices each stratum's rows: an update runs ``length_strata * micro_batches`` slices."""
+    sampling: Literal["replacement", "epochs"] = "replacement"
+    """How an update's rows are drawn: uniformly with replacement (``fold_in(key, step)``), or in epochs without
+    replacement as a shuffled data loader reads them (SASRec+'s; ``epoch_rows``): the rows taken in consecutive
+    passes, each a fresh permutation, so every row is used once per pass. With ``length_strata`` each stratum runs
+    its own passes. Both are a pure function of the step: resuming replays the same batches."""
     min_history: int = 1
     """First history position that is a training sample (0 also trains on the empty state; window mode only)."""
     rank_by: Literal["sup", "q"] = "sup"
@@ -220,6 +225,8 @@ class SQNConfig:
             per = f" in each of model.length_strata={self.length_strata}" if self.length_strata > 1 else ""
             raise ConfigError("model.micro_batches", f"the {self.batch_rows} rows (chunks or sequences) of a batch "
                                                      f"must split into {self.micro_batches} equal slices{per}")
+        if self.sampling not in ("replacement", "epochs"):
+            raise ConfigError("model.sampling", f"must be replacement or epochs, got {self.sampling!r}")
         if self.block_init_std < 0:
             raise ConfigError("model.block_init_std", f"must be >= 0, got {self.block_init_std}")
         for name in ("dropout", "input_dropout"):
@@ -590,6 +597,27 @@ def make_update(cfg: SQNConfig, network: SequenceNetwork, optimizer: optax.Gradi
     return update
 
 
+def epoch_rows(key: jax.Array, step: jax.Array, n_rows: int, n_total: int) -> jax.Array:
+    """Row indices ``[n_rows]`` of batch ``step`` when ``n_total`` rows are read in epochs without replacement.
+
+    The rows are read as one stream of passes, pass e being ``permutation(fold_in(key, e), n_total)``, and
+    batch s takes stream positions ``s * n_rows ... (s + 1) * n_rows - 1``: every row appears once in each pass,
+    a batch that straddles two passes takes the end of one and the start of the next (a shuffled loader that
+    keeps its last, partial batch and tops it up from the next epoch), and the batch depends on the step alone.
+    """
+    pos = step * n_rows + jnp.arange(n_rows)
+    epoch, offset = pos // n_total, pos % n_total
+    first = epoch[0]
+    # A batch spans at most this many passes (several when n_rows exceeds n_total).
+    span = -(-n_rows // n_total) + 1
+    perms = jnp.stack([jax.random.permutation(jax.random.fold_in(key, first + e), n_total) for e in range(span)])
+    return perms[epoch - first, offset]
+
+
+_EPOCH_STREAM = 0xFFFFFFFF
+"""``fold_in`` data of the epoch-permutation key (``fold_in(key, step)`` of the per-step keys never reaches it)."""
+
+
 def make_train(cfg: SQNConfig, network: SequenceNetwork, shard: Callable = no_sharding):
     """``(init, train)``: pure, unjitted functions; callers jit them (one run) or vmap them (seeds).
 
@@ -599,7 +627,7 @@ def make_train(cfg: SQNConfig, network: SequenceNetwork, shard: Callable = no_sh
     device), or in sequence mode with ``length_strata > 1`` the tuple ``UserSequences.strata(length_strata)``
     (each update then draws ``batch_size / length_strata`` rows from every stratum); each update draws
     ``batch_size / chunk`` chunks uniformly with replacement using
-    ``fold_in(key, step)``, so any split of the steps into calls, and resuming from a checkpoint, gives the
+    ``fold_in(key, step)``, or in epochs without replacement (``sampling="epochs"``, ``epoch_rows``), so any split of the steps into calls, and resuming from a checkpoint, gives the
     same result. ``shard`` splits each batch over devices (``make_update``).
     """
     optimizer = make_optimizer(cfg)
@@ -620,34 +648,41 @@ def make_train(cfg: SQNConfig, network: SequenceNetwork, shard: Callable = no_sh
                              key=jax.random.key_data(k_run), step=jnp.int32(0), samples=jnp.zeros((2,), jnp.int32),
                              hyper=traced_values(cfg))
 
-    def draw(data: dict, key: jax.Array, n_rows: int) -> dict:
-        """``n_rows`` rows of ``data`` drawn uniformly with replacement (even from fewer rows)."""
-        idx = jax.random.randint(key, (n_rows,), 0, data["items"].shape[0])
-        return jax.tree.map(lambda x: x[idx], data)
-
     def train(state: TrainingState, data: dict | tuple, n_steps: jax.Array):
         base = jax.random.wrap_key_data(state.key)
+        epoch_key = jax.random.fold_in(base, _EPOCH_STREAM)
         if isinstance(data, tuple) and len(data) != cfg.length_strata:
             raise ValueError(f"data has {len(data)} length strata, the config {cfg.length_strata}")
         n_rows = n_chunks // cfg.length_strata
 
-        def sample(key):
+        def draw(part: dict, key: jax.Array, step: jax.Array, stratum: int, n: int) -> dict:
+            """``n`` rows of ``part``: uniform with replacement (even from fewer rows), or the step's share of
+            the stratum's passes (each stratum its own permutations)."""
+            n_total = part["items"].shape[0]
+            if cfg.sampling == "epochs":
+                idx = epoch_rows(jax.random.fold_in(epoch_key, stratum), step, n, n_total)
+            else:
+                idx = jax.random.randint(key, (n,), 0, n_total)
+            return jax.tree.map(lambda x: x[idx], part)
+
+        def sample(key, step):
             if not isinstance(data, tuple):
-                return draw(data, key, n_chunks)
+                return draw(data, key, step, 0, n_chunks)
             # The same number of rows from every length stratum; strata of one width are joined into one part
             # (one compiled loss per distinct width, the part's slices run in one scan).
             parts: dict[int, list] = {}
             for i, part in enumerate(data):
-                parts.setdefault(part["items"].shape[1], []).append(draw(part, jax.random.fold_in(key, i), n_rows))
+                parts.setdefault(part["items"].shape[1], []).append(draw(part, jax.random.fold_in(key, i), step, i,
+                                                                         n_rows))
             return tuple(jax.tree.map(lambda *xs: jnp.concatenate(xs), *group) for group in parts.values())
 
         def body(_, carry):
             state, sums = carry
             k_batch, k_update = jax.random.split(jax.random.fold_in(base, state.step))
-            state, metrics = update(state, sample(k_batch), k_update)
+            state, metrics = update(state, sample(k_batch, state.step), k_update)
             return state, jax.tree.map(jnp.add, sums, metrics)
 
-        batch_shape = jax.eval_shape(sample, base)
+        batch_shape = jax.eval_shape(sample, base, state.step)
         shapes = jax.eval_shape(update, state, batch_shape, base)[1]
         sums = jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), shapes)
         state, sums = jax.lax.fori_loop(0, n_steps, body, (state, sums))
@@ -672,5 +707,5 @@ def make_scorer(cfg: SQNConfig, network: SequenceNetwork):
     return score
 
 
-__all__ = ["SQNConfig", "TrainingState", "double_q_bootstrap", "make_losses", "make_optimizer", "make_scorer",
-           "make_train", "make_update", "network_params", "param_layout", "samples_count"]
+__all__ = ["SQNConfig", "TrainingState", "double_q_bootstrap", "epoch_rows", "make_losses", "make_optimizer",
+           "make_scorer", "make_train", "make_update", "network_params", "param_layout", "samples_count"]
