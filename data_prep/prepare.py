@@ -122,6 +122,13 @@ def fetch_sasrec_ml1m() -> Path:
                      "SASRec ml-1m.txt", "pass --src with a local copy of SASRec's data/ml-1m.txt")
 
 
+def checked_download(path: Path, sha256: str | None) -> Path:
+    """A downloaded file, also checked against ``--sha256`` when it is given (besides the download's own digest)."""
+    if sha256:
+        check_digest(path, sha256)
+    return path
+
+
 def _decode_text(data: bytes) -> str:
     """MovieLens metadata text: UTF-8 where it is valid (ml-10m and later), else Latin-1 (ml-100k/1m).
 
@@ -575,9 +582,7 @@ def prepare(argv) -> dict:
     if args.source == "movielens":
         archive = src_path
         if not src_path:
-            archive = fetch_movielens(args.variant)
-            if args.sha256:  # besides the md5 of the official archive
-                check_digest(archive, args.sha256)
+            archive = checked_download(fetch_movielens(args.variant), args.sha256)
         src = Source(archive)
         raw, items, users, used = read_movielens(args.variant, src)
         sources = src.record(used)
@@ -603,9 +608,7 @@ def prepare(argv) -> dict:
         threshold = args.positive_threshold
     elif args.source == "sasrec":
         if not src_path:
-            src_path = fetch_sasrec_ml1m()
-            if args.sha256:
-                check_digest(src_path, args.sha256)
+            src_path = checked_download(fetch_sasrec_ml1m(), args.sha256)
         raw = read_sasrec(Path(src_path))
         sources = [{"path": str(src_path), "sha256": file_digest(src_path)}]
         meta_extra["order_kind"] = "rank"
