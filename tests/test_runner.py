@@ -375,9 +375,9 @@ SCRIPT = {0: {10: 0.1, 20: 0.3, 30: 0.2, 40: 0.25, 50: 0.3, 60: 0.5, 70: 0.6, 80
 
 
 def _scripted_evaluate(trainer, state, data, cfg, part, bars=None):
-    """A validation value per (seed, step) of ``state``; the test part reports the tested state's step."""
+    """A validation value per (seed, step) of ``state``; the test part reports the tested state's step / 100."""
     step = int(np.asarray(state["step"]))
-    value = SCRIPT[cfg.seed][step] if part == "val" else float(step)
+    value = SCRIPT[cfg.seed][step] if part == "val" else step / 100
     return {"full": {"ndcg@10": value}}, {"full": 10}
 
 
@@ -424,15 +424,16 @@ def test_early_stopping_after_patience_validations_tests_the_best_state(stopping
     final = json.loads((run_dir / "final.json").read_text())
     # Best at step 20 (0.3); 30, 40 and 50 (0.3 again: not better) are three validations without a better one.
     assert final["stopped_at"] == 50 and final["updates"] == 50
-    assert final["best_val"] == {"ndcg@10": 0.3} and final["test"]["full"]["ndcg@10"] == 20.0
+    assert final["best_val"] == {"ndcg@10": 0.3} and final["test"]["full"]["ndcg@10"] == 0.2
     assert _val_steps(run_dir) == [10, 20, 30, 40, 50]
     assert "step 50: stopping early" in out
     assert max(int(p.name) for p in (run_dir / "checkpoints").iterdir() if p.name.isdigit()) == 50
+    check_contract("run", run_dir)
 
     full = tmp_path / "full"
     assert _run(args + ["--run-dir", str(full), "--set", "train.patience=0"], capsys)[0] == 0
     final = json.loads((full / "final.json").read_text())
-    assert "stopped_at" not in final and final["updates"] == 80 and final["test"]["full"]["ndcg@10"] == 80.0
+    assert "stopped_at" not in final and final["updates"] == 80 and final["test"]["full"]["ndcg@10"] == 0.8
 
 
 def test_early_stopping_resumes_with_the_count_of_the_checkpoint(stopping_experiment, data_dir, tmp_path, capsys):
@@ -462,6 +463,6 @@ def test_seeds_trained_together_stop_one_by_one_as_they_would_alone(stopping_exp
         assert _run(args + ["--seed", str(seed), "--run-dir", str(alone)], capsys)[0] == 0
         final = _final_without_wall(together / f"seed{seed}")
         assert final["stopped_at"] == stop and final["updates"] == stop
-        assert final["test"]["full"]["ndcg@10"] == float(best)
+        assert final["test"]["full"]["ndcg@10"] == best / 100
         assert final == _final_without_wall(alone)
         assert _metric_lines_without_wall(together / f"seed{seed}") == _metric_lines_without_wall(alone)
