@@ -548,11 +548,15 @@ def test_epoch_sampling_uses_every_row_once_per_pass(strata):
             else jax.tree.map(jnp.asarray, seqs.arrays()))
     assert seqs.n_samples == 27
 
+    compiled = {}
+
     def run(sampling, seed, splits):
-        cfg = dataclasses.replace(base, sampling=sampling)
-        cfg.validate()
-        init, train = make_train(cfg, cfg.network(inter.n_items))
-        state, train = jax.jit(init)(jax.random.key(seed)), jax.jit(train)
+        if sampling not in compiled:  # one compilation per mode (the step count is traced)
+            cfg = dataclasses.replace(base, sampling=sampling)
+            cfg.validate()
+            compiled[sampling] = tuple(map(jax.jit, make_train(cfg, cfg.network(inter.n_items))))
+        init, train = compiled[sampling]
+        state = init(jax.random.key(seed))
         counts = []
         for n in splits:
             state, _ = train(state, data, n)
