@@ -15,6 +15,8 @@ import optax
 import pytest
 
 from experiments.run import main
+from experiments.sequential.configs import sasrec_plus_config
+from jaxrec import config as C
 from jaxrec.data.sequences import user_sequences
 from jaxrec.errors import ConfigError
 from jaxrec.nets.sequence import SequenceNetwork
@@ -572,12 +574,19 @@ def test_epoch_sampling_uses_every_row_once_per_pass(strata):
     assert any(run("replacement", seed, [3])[1] != [27] for seed in range(4))
 
 
+def test_an_unknown_sampling_is_refused_naming_the_key():
+    """The config's generic Literal check (``jaxrec.config.validate``) names the key and the allowed values."""
+    cfg = sasrec_plus_config()
+    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, sampling="shuffle"))
+    with pytest.raises(ConfigError, match=r"model\.sampling: 'shuffle' is not one of \('replacement', 'epochs'\)"):
+        C.validate(cfg)
+
+
 @pytest.mark.parametrize("kw, key", [({"causal": False}, "model.causal"), ({"pooling": "mean"}, "model.pooling"),
                                      ({"max_len": 1}, "model.max_len"), ({"min_history": 0}, "model.min_history"),
                                      ({"batch_size": 6, "micro_batches": 4}, "model.micro_batches"),
                                      ({"batch_size": 8, "micro_batches": 2, "length_strata": 3}, "model.micro_batches"),
                                      ({"length_strata": 0}, "model.length_strata"),
-                                     ({"sampling": "shuffle"}, "model.sampling"),
                                      ({"input_dropout": 1.0}, "model.input_dropout"),
                                      ({"mode": "window", "length_strata": 2}, "model.length_strata")])
 def test_sequence_mode_config_errors(kw, key):

@@ -225,8 +225,6 @@ class SQNConfig:
             per = f" in each of model.length_strata={self.length_strata}" if self.length_strata > 1 else ""
             raise ConfigError("model.micro_batches", f"the {self.batch_rows} rows (chunks or sequences) of a batch "
                                                      f"must split into {self.micro_batches} equal slices{per}")
-        if self.sampling not in ("replacement", "epochs"):
-            raise ConfigError("model.sampling", f"must be replacement or epochs, got {self.sampling!r}")
         if self.block_init_std < 0:
             raise ConfigError("model.block_init_std", f"must be >= 0, got {self.block_init_std}")
         for name in ("dropout", "input_dropout"):
@@ -627,8 +625,9 @@ def make_train(cfg: SQNConfig, network: SequenceNetwork, shard: Callable = no_sh
     device), or in sequence mode with ``length_strata > 1`` the tuple ``UserSequences.strata(length_strata)``
     (each update then draws ``batch_size / length_strata`` rows from every stratum); each update draws
     ``batch_size / chunk`` chunks uniformly with replacement using
-    ``fold_in(key, step)``, or in epochs without replacement (``sampling="epochs"``, ``epoch_rows``), so any split of the steps into calls, and resuming from a checkpoint, gives the
-    same result. ``shard`` splits each batch over devices (``make_update``).
+    ``fold_in(key, step)``, or in epochs without replacement (``sampling="epochs"``, ``epoch_rows``), so any
+    split of the steps into calls, and resuming from a checkpoint, gives the same result. ``shard`` splits each
+    batch over devices (``make_update``).
     """
     optimizer = make_optimizer(cfg)
     update = make_update(cfg, network, optimizer, shard)
